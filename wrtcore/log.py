@@ -1,0 +1,85 @@
+"""Logging for every stage: human lines on the console, JSON records on a channel of their own.
+
+The JSON channel is a file descriptor named by ``WRT_LOG_FD`` (a second serial port in a VM, a pipe or
+file in the sandbox) and, when ``journal()`` is given a path, an append-only journal file that travels
+with stage2 into the ramfs. Records are shaped like osbuild's monitor entries: ``event``, ``state``,
+``step``, ``progress`` {done,total}, ``duration``, ``result``, plus ``ts`` and ``component``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import structlog
+
+_sinks: list[int] = []
+_journal_fd: int | None = None
+_component = "wrt"
+
+
+def _json_sink(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    record = {"ts": round(time.time(), 6), "component": _component, "level": method, **event}
+    line = (json.dumps(record, default=str, sort_keys=False) + "\n").encode()
+    for fd in [*_sinks, *([_journal_fd] if _journal_fd is not None else [])]:
+        with contextlib.suppress(OSError):
+            os.write(fd, line)
+    return event
+
+
+def _console(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+    name = event.pop("event", "")
+    extras = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("progress",))
+    progress = event.get("progress")
+    if isinstance(progress, dict) and progress.get("total"):
+        extras += f" [{progress.get('done', 0)}/{progress['total']}]"
+    return f"{_component}: {name}" + (f" {extras}" if extras else "")
+
+
+def setup(component: str, console: Any = None) -> None:
+    """Configure structlog for this process. Safe to call again (after an exec it must be)."""
+    global _component
+    _component = component
+    _sinks.clear()
+    fd = os.environ.get("WRT_LOG_FD")
+    if fd and fd.isdigit():
+        _sinks.append(int(fd))
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, _json_sink, _console],
+        logger_factory=structlog.PrintLoggerFactory(console or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def journal(path: str | None) -> None:
+    """Also append every record to ``path`` (opened O_APPEND); None closes the journal."""
+    global _journal_fd
+    if _journal_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(_journal_fd)
+        _journal_fd = None
+    if path:
+        _journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+def get(**context: Any) -> Any:
+    return structlog.get_logger().bind(**context)
+
+
+@contextlib.contextmanager
+def step(name: str, **context: Any) -> Iterator[None]:
+    """Time a nested step: the log becomes a timing profile."""
+    log = get()
+    start = time.monotonic()
+    try:
+        yield
+    except BaseException as exc:
+        log.warning("step", step=name, result="failed", error=str(exc),
+                    duration=round(time.monotonic() - start, 4), **context)
+        raise
+    log.info("step", step=name, result="ok", duration=round(time.monotonic() - start, 4), **context)
