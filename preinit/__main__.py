@@ -1,0 +1,3 @@
+from preinit.cli import entry
+
+entry()

@@ -1,0 +1,25 @@
+"""``preinit [start|done]``: run the boot hooks, or the done step after a completed boot."""
+
+from __future__ import annotations
+
+import sys
+
+from preinit import boot
+from wrtcore import log
+
+
+def main(argv: list[str]) -> int:
+    log.setup("preinit")
+    what = argv[0] if argv else "start"
+    if what == "start":
+        boot.run_hooks()
+        return 0
+    if what == "done":
+        boot.done()
+        return 0
+    print(f"usage: preinit [start|done] (got {what!r})", file=sys.stderr)
+    return 2
+
+
+def entry() -> None:
+    sys.exit(main(sys.argv[1:]))

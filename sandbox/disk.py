@@ -1,0 +1,111 @@
+"""Firmware images in OpenWrt's x86 "combined" layout, and the fwtool metadata that names the board.
+
+    sector 0        MBR (boot code starting EB 63, as x86's platform check expects)
+    1 MiB           partition 1: boot, ext4 (kernel stand-in, grub.cfg, where sysupgrade.tgz lands)
+    after it        partition 2: the squashfs root, then zeros: rootfs_data's place (wiped by a flash)
+    end             fwtool metadata trailer (not written to the disk)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+from stage2.formats import fwtool
+from wrtcore import run
+
+MIB = 1 << 20
+BOOT_SIZE = 8 * MIB
+OVERLAY_ROOM = 32 * MIB
+
+
+def mbr(disk_signature: int, partitions: list[tuple[int, int]]) -> bytes:
+    """A DOS partition table; ``partitions`` as (start, size) in bytes, type 0x83, first one bootable."""
+    sector = bytearray(512)
+    sector[0:2] = b"\xeb\x63"
+    struct.pack_into("<I", sector, 440, disk_signature)
+    for i, (start, size) in enumerate(partitions):
+        entry = struct.pack("<B3sB3sII", 0x80 if i == 0 else 0, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff",
+                            start // 512, size // 512)
+        sector[446 + 16 * i : 446 + 16 * (i + 1)] = entry
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+def _round_up(n: int, to: int = MIB) -> int:
+    return (n + to - 1) // to * to
+
+
+def boot_partition(out: Path, version: str, root_partuuid: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "boot/grub").mkdir(parents=True)
+        (Path(tmp) / "boot/vmlinuz").write_text(f"sandbox kernel stand-in for firmware {version}\n")
+        (Path(tmp) / "boot/grub/grub.cfg").write_text(
+            f'menuentry "OpenWrt {version}" {{\n  linux /boot/vmlinuz root=PARTUUID={root_partuuid}'
+            " rootwait console=ttyS0\n}\n")
+        with open(out, "wb") as f:
+            f.truncate(BOOT_SIZE)
+        run.run(["mkfs.ext4", "-q", "-F", "-L", "boot", "-d", tmp, str(out)])
+
+
+def combined_image(squashfs: Path, out: Path, *, version: str, board: str, disk_signature: int = 0x5EED0001,
+                   compat_version: str = "1.0", supported: list[str] | None = None) -> Path:
+    """Assemble the image and append fwtool metadata naming ``board`` (or ``supported``)."""
+    boot_start = MIB
+    root_start = boot_start + BOOT_SIZE
+    root_size = _round_up(squashfs.stat().st_size + OVERLAY_ROOM)
+    partuuid = f"{disk_signature:08x}-02"
+    with tempfile.TemporaryDirectory() as tmp:
+        boot = Path(tmp) / "boot.ext4"
+        boot_partition(boot, version, partuuid)
+        with open(out, "wb") as f:
+            f.write(mbr(disk_signature, [(boot_start, BOOT_SIZE), (root_start, root_size)]))
+            f.seek(boot_start)
+            with open(boot, "rb") as b:
+                shutil.copyfileobj(b, f, MIB)
+            f.seek(root_start)
+            with open(squashfs, "rb") as s:
+                shutil.copyfileobj(s, f, MIB)
+            end = root_start + root_size
+            f.seek(end - 1)
+            f.write(b"\0")  # zeros after the squashfs: a fresh rootfs_data on first boot
+    metadata = {
+        "metadata_version": "1.1", "compat_version": compat_version,
+        "supported_devices": supported if supported is not None else [board],
+        "version": {"dist": "OpenWrt", "version": version, "revision": f"sandbox-{version}",
+                    "target": "x86/64", "board": board},
+    }
+    fwtool.append_metadata(out, json.dumps(metadata))
+    return out
+
+
+def payload_size(image: Path) -> int:
+    return fwtool.payload_length(image)
+
+
+def sparse_copy(src: Path, dst: Path, size: int | None = None) -> None:
+    """Copy ``src`` to ``dst`` keeping holes (SEEK_DATA/SEEK_HOLE), then extend to ``size``."""
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        end = os.fstat(s.fileno()).st_size
+        pos = 0
+        while pos < end:
+            try:
+                data = os.lseek(s.fileno(), pos, os.SEEK_DATA)
+            except OSError:
+                break
+            hole = os.lseek(s.fileno(), data, os.SEEK_HOLE)
+            s.seek(data)
+            d.seek(data)
+            left = hole - data
+            while left:
+                buf = s.read(min(left, 4 * MIB))
+                if not buf:
+                    break
+                d.write(buf)
+                left -= len(buf)
+            pos = hole
+        d.truncate(max(end, size or 0))

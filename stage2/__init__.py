@@ -1,0 +1,1 @@
+"""Stage 2: the upgrade state machine and what it executes."""

@@ -1,0 +1,186 @@
+"""Stage2 after the pivot: PID 1 re-exec'd from the ramfs releases the old root and writes the flash.
+
+Everything this module needs is imported at the top: ``stage2.ramfs`` measures exactly these imports
+to decide what goes into the ramfs, so a lazy import here would be missing after the pivot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+
+from stage2 import release
+from stage2.machine import Context, Step, run
+from stage2.report import Report, persist
+from stage2.states import State
+from stage2.writers import block
+from wrtcore import blockdev, log, power, syscalls
+from wrtcore.errors import UpgradeError
+
+JOURNAL = "/tmp/upgrade-journal.jsonl"
+BOOT_MNT = "/boot"
+
+
+def check_maps() -> int:
+    """Refuse to write if this process maps any file that is not on the ramfs (the root, now)."""
+    root_dev = os.stat("/").st_dev
+    checked = 0
+    offenders: list[str] = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or not parts[5].startswith("/"):
+                continue
+            major, minor = (int(x, 16) for x in parts[3].split(":"))
+            checked += 1
+            if os.makedev(major, minor) != root_dev:
+                offenders.append(parts[5].strip())
+    if offenders:
+        raise UpgradeError(f"writer still maps files outside the ramfs: {', '.join(sorted(set(offenders)))}")
+    return checked
+
+
+def releasing_root(ctx: Context) -> None:
+    target_devs = frozenset(ctx.data["plan"]["target_devs"])
+    plan = release.gather_and_plan(target_devs)
+    for line in plan.describe():
+        log.get().info("release plan", step=line)
+    done = release.execute(plan)
+    ctx.report.swapped_off = done["swapoff"]
+    ctx.report.writer_maps_checked = check_maps()
+
+
+def flashing(ctx: Context) -> None:
+    plan = ctx.data["plan"]
+    total = int(plan["payload_length"])
+    last = [0.0]
+
+    def progress(done: int, _total: int | None) -> None:
+        ctx.report.written = ctx.report.written or done > 0
+        now = time.monotonic()
+        if now - last[0] >= 0.25 or done == total:
+            last[0] = now
+            log.get().info("progress", state="flashing", progress={"done": done, "total": total})
+
+    ctx.report.first_write_after = round(time.time() - ctx.requested_at, 4)
+    with open(ctx.image, "rb") as src:
+        result = block.write_image(src, plan["disk"], length=total, progress=progress)
+    ctx.report.written = True
+    ctx.report.bytes_written = result.bytes_written
+    ctx.report.details["write_seconds"] = round(result.duration, 4)
+    ctx.report.details["verify_seconds"] = round(result.verify_duration, 4)
+
+
+def _flush_partitions(disk: str) -> None:
+    """The whole-disk write bypassed the partitions' caches: drop them and re-read the table."""
+    import fcntl
+
+    for part in blockdev.partitions(disk):
+        with contextlib.suppress(OSError):
+            fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, 0x1261)  # BLKFLSBUF
+            finally:
+                os.close(fd)
+    try:
+        blockdev.reread_partitions(disk)
+    except OSError as exc:
+        log.get().warning("partition table not re-read", disk=disk, error=exc.strerror)
+
+
+def verifying(ctx: Context) -> None:
+    plan = ctx.data["plan"]
+    disk = plan["disk"]
+    _flush_partitions(disk)
+    root = blockdev.partition(disk, int(plan["root_partition"]))
+    try:
+        blockdev.squashfs_bytes_used(root)
+    except ValueError as exc:
+        raise UpgradeError(f"new root partition {root} has no squashfs after the write") from exc
+    boot = blockdev.partition(disk, int(plan["boot_partition"]))
+    with open(boot, "rb") as f:
+        f.seek(1080)
+        if f.read(2) != b"\x53\xef":
+            raise UpgradeError(f"new boot partition {boot} holds no ext4 filesystem")
+
+
+def saving_config(ctx: Context) -> None:
+    plan = ctx.data["plan"]
+    if not ctx.backup:
+        log.get().info("no configuration kept", reason="no backup requested")
+        return
+    boot = blockdev.partition(plan["disk"], int(plan["boot_partition"]))
+    os.makedirs(BOOT_MNT, exist_ok=True)
+    syscalls.mount(boot, BOOT_MNT, "ext4", syscalls.MS_NOATIME)
+    try:
+        dst = f"{BOOT_MNT}/sysupgrade.tgz"
+        shutil.copyfile(ctx.backup, dst + ".new")
+        with open(dst + ".new", "rb+") as f:
+            os.fsync(f.fileno())
+        os.rename(dst + ".new", dst)
+        with open(dst, "rb") as a, open(ctx.backup, "rb") as b:
+            if a.read() != b.read():
+                raise UpgradeError("configuration archive read back differs from the original")
+    finally:
+        syscalls.umount(BOOT_MNT)
+    ctx.report.config_kept = True
+
+
+def finalizing(ctx: Context) -> None:
+    ctx.report.outcome = "success"
+    ctx.report.finished_at = time.time()
+    syscalls.sync()
+    persist(ctx.report, blockdev.partition(ctx.data["plan"]["disk"], 1))
+
+
+def report_failure(ctx: Context) -> None:
+    ctx.report.finished_at = time.time()
+    try:
+        persist(ctx.report, blockdev.partition(ctx.data["plan"]["disk"], 1))
+    except Exception as exc:
+        log.get().error("report not saved", error=str(exc))
+
+
+def rebooting(ctx: Context) -> None:
+    log.get().info("upgrade finished", outcome=ctx.report.outcome, error=ctx.report.error)
+    power.reboot(f"sysupgrade {ctx.report.outcome}")
+
+
+def steps() -> dict[State, Step]:
+    return {
+        State.RELEASING_ROOT: releasing_root,
+        State.FLASHING: flashing,
+        State.VERIFYING: verifying,
+        State.SAVING_CONFIG: saving_config,
+        State.FINALIZING: finalizing,
+        State.ABORTED: report_failure,
+        State.FAILED_AFTER_WRITE: report_failure,
+        State.REBOOTING: rebooting,
+    }
+
+
+def main(handoff: str) -> None:
+    """Entry point after the re-exec. PID 1: never returns, every path ends in reboot(2)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        log.setup("stage2")
+        log.journal(JOURNAL)
+        with open(handoff) as f:
+            data = json.load(f)
+        ctx = Context(image=data["image"], backup=data["backup"], env=data["env"], command=data["command"],
+                      report=Report.from_dict(data["report"]), fault_state=data["fault_state"],
+                      requested_at=data["requested_at"])
+        ctx.data["plan"] = data["plan"]
+        log.get().info("resumed from ramfs", pid=os.getpid(), python=sys.executable)
+        run(ctx, steps(), initial=State.PIVOTING)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            log.get().critical("stage2 crashed", traceback=traceback.format_exc())
+    power.reboot("stage2 ended without rebooting")

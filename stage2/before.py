@@ -1,0 +1,134 @@
+"""The steps stage2 runs in PID 1 on the old root: validate and plan, stop, kill, build the ramfs, pivot.
+
+Everything here happens before the first byte is written: any failure ends in ``aborted``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from stage2 import ramfs, terminate
+from stage2.machine import Context, Step
+from stage2.plan import Plan, Target, plan_upgrade
+from stage2.report import persist
+from stage2.states import State
+from wrtcore import blockdev, cmdline, log
+from wrtcore.errors import InvalidInput, UpgradeError
+
+HANDOFF = "stage2-handoff.json"  # at the ramfs root
+
+
+def boot_disk() -> str:
+    """The disk the system booted from, as OpenWrt's x86 scripts find it: the root= of the cmdline."""
+    root = cmdline.read().get("root", "")
+    if not root.startswith("/dev/"):
+        raise InvalidInput(f"cannot find the boot disk from root={root!r}",
+                           hint="only root=/dev/... is supported by this platform profile")
+    return blockdev.disk_of(root)
+
+
+def payload_length(image: str) -> int:
+    from stage2.formats import fwtool
+
+    try:
+        return fwtool.payload_length(image)
+    except fwtool.FwtoolError:
+        return os.path.getsize(image)
+
+
+def validating(ctx: Context) -> None:
+    if os.getpid() != 1:
+        raise UpgradeError("stage2 runs only as PID 1 of the system it upgrades")
+    try:
+        size = os.path.getsize(ctx.image)
+    except OSError as exc:
+        raise InvalidInput(f"image {ctx.image}: {exc.strerror}") from exc
+    disk = boot_disk()
+    target = Target(disk=disk, size=blockdev.size(disk))
+    plan = plan_upgrade(
+        image=ctx.image, image_size=size, payload_length=payload_length(ctx.image), target=target,
+        backup=ctx.backup, backup_exists=bool(ctx.backup) and os.path.isfile(ctx.backup or ""),
+        env=ctx.env, target_devs=frozenset(blockdev.family(disk)),
+    )
+    ctx.data["plan"] = plan
+    for line in plan.describe():
+        log.get().info("plan", step=line)
+
+
+def stopping_services(ctx: Context) -> None:
+    ctx.report.services = ctx.stop_services()
+
+
+def terminating(ctx: Context) -> None:
+    result = terminate.terminate_all(spare=set(ctx.spare_pids))
+    ctx.report.terminated = [e.as_dict() for e in result.ended]
+    if result.unkillable:
+        names = ", ".join(f"{s.pid} ({s.name}, state {s.state})" for s in result.unkillable)
+        raise UpgradeError(f"cannot stop every process: {names}",
+                           hint="uninterruptible sleep; nothing was written")
+    if result.survivors:
+        names = ", ".join(f"{s.pid} ({s.name})" for s in result.survivors)
+        raise UpgradeError(f"processes survived SIGKILL: {names}")
+
+
+def preparing_ramfs(ctx: Context) -> None:
+    plan: Plan = ctx.data["plan"]
+    image = ramfs.build(plan.prefix)
+    ctx.report.ramfs_bytes = image.bytes
+    ctx.data["ramfs"] = image
+
+
+def handoff_dict(ctx: Context) -> dict[str, Any]:
+    plan: Plan = ctx.data["plan"]
+    return {
+        "image": ctx.image, "backup": ctx.backup, "env": ctx.env, "command": ctx.command,
+        "fault_state": ctx.fault_state, "requested_at": ctx.requested_at, "report": ctx.report.to_dict(),
+        "plan": {"payload_length": plan.payload_length, "disk": plan.target.disk, "size": plan.target.size,
+                 "boot_partition": plan.target.boot_partition, "root_partition": plan.target.root_partition,
+                 "save_partitions": plan.save_partitions, "target_devs": sorted(plan.target_devs)},
+    }
+
+
+def pivoting(ctx: Context) -> None:
+    plan: Plan = ctx.data["plan"]
+    image: ramfs.RamfsImage = ctx.data["ramfs"]
+    with open(f"{plan.prefix}/{HANDOFF}", "w") as f:
+        json.dump(handoff_dict(ctx), f)
+    ctx.report.details["pivot_at"] = time.time()
+    ramfs.pivot(plan.prefix)
+    log_fd = os.environ.get("WRT_LOG_FD", "")
+    ramfs.reexec(image, f"/{HANDOFF}", keep_fds=(int(log_fd),) if log_fd.isdigit() else ())
+
+
+def report_failure(ctx: Context) -> None:
+    """aborted / failed_after_write: keep the report where the next boot looks (best effort)."""
+    ctx.report.finished_at = time.time()
+    plan: Plan | None = ctx.data.get("plan")
+    ctx.notify({"event": "outcome", "outcome": ctx.report.outcome, "error": ctx.report.error})
+    if plan is None:
+        try:
+            disk = boot_disk()
+        except UpgradeError as exc:
+            log.get().error("report not saved", error=str(exc))
+            return
+    else:
+        disk = plan.target.disk
+    try:
+        persist(ctx.report, blockdev.partition(disk, 1))
+    except Exception as exc:
+        log.get().error("report not saved", error=str(exc))
+
+
+def steps() -> dict[State, Step]:
+    return {
+        State.VALIDATING: validating,
+        State.STOPPING_SERVICES: stopping_services,
+        State.TERMINATING: terminating,
+        State.PREPARING_RAMFS: preparing_ramfs,
+        State.PIVOTING: pivoting,
+        State.ABORTED: report_failure,
+        State.FAILED_AFTER_WRITE: report_failure,
+    }

@@ -1,0 +1,1 @@
+"""Image formats: one module per format."""

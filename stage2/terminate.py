@@ -1,0 +1,492 @@
+"""Stop every other process before the root is released: decided structurally, executed by PID 1.
+
+Two halves, as everywhere in stage2:
+
+* **Pure**: a snapshot of the process table is plain data (``ProcessInfo``); ``select_victims`` decides
+  who must go. Never PID 1, never kernel threads (``PF_KTHREAD`` in the stat flags, or kthreadd and its
+  children), never zombies, never the pids the caller spares nor any of their ancestors. No names are
+  hard-coded (OpenWrt's stage2 ``killall -9 telnetd dropbear ash`` and its keep list are gone).
+
+* **Executor** (``terminate_all``, PID 1 only): one SIGTERM pass, then a wait on exit events (pidfds,
+  polled with a deadline, reaping as PID 1 must), then rounds of *freeze and kill*: SIGSTOP sweeps over
+  fresh snapshots until a sweep finds nobody new (so a fork bomb cannot outrun us: stopped processes
+  do not fork), SIGKILL to every stopped victim, SIGCONT, and a wait on their pidfds. No fixed sleeps
+  (OpenWrt sleeps 4 s, then 2 s per kill, and gives up after 10 passes); every wait is an upper bound.
+
+What survives is reported; survivors in uninterruptible sleep (state ``D``) are ``unkillable``, and the
+stage2 machine must abort before writing anything when that list is not empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import select
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from wrtcore import children, log
+from wrtcore.errors import NotPid1
+
+PF_KTHREAD = 0x00200000
+KTHREADD_PID = 2
+#: Inode of the initial PID namespace (include/linux/proc_ns.h), as /proc/self/ns/pid shows it.
+PROC_PID_INIT_INO = 0xEFFFFFFC
+#: States that are not a running process: zombie, dead.
+GONE_STATES = frozenset({"Z", "X", "x"})
+#: A signalled victim in these states runs no user code, so it cannot be inside a fork that returns:
+#: stopped, traced, or blocked in the kernel (D: it will act on the stop when it wakes up).
+SETTLED_STATES = frozenset({"T", "t", "D", *GONE_STATES})
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure part: snapshots and the victim decision
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    name: str
+    state: str
+    cmdline: tuple[str, ...] = ()
+    is_kernel_thread: bool = False
+
+
+def parse_stat(text: str) -> tuple[int, str, str, int, int]:
+    """``/proc/<pid>/stat`` -> (pid, comm, state, ppid, flags). ``comm`` may hold spaces and parens."""
+    open_paren = text.index("(")
+    close_paren = text.rindex(")")
+    pid = int(text[:open_paren].strip())
+    comm = text[open_paren + 1:close_paren]
+    rest = text[close_paren + 1:].split()
+    # rest: state ppid pgrp session tty_nr tpgid flags ...
+    if len(rest) < 7:
+        raise ValueError(f"short stat line for pid {pid}")
+    return pid, comm, rest[0], int(rest[1]), int(rest[6])
+
+
+def is_kernel_thread(flags: int) -> bool:
+    """The kernel's own mark on its threads (``PF_KTHREAD`` in ``/proc/<pid>/stat`` field 9)."""
+    return bool(flags & PF_KTHREAD)
+
+
+def in_initial_pid_namespace() -> bool:
+    """True on the real machine; False inside a PID namespace, where pid 2 is an ordinary process."""
+    try:
+        return os.readlink("/proc/self/ns/pid") == f"pid:[{PROC_PID_INIT_INO}]"
+    except OSError:
+        return True
+
+
+def read_process(pid: int, proc: str = "/proc") -> ProcessInfo | None:
+    """One process from ``proc``, or None if it vanished while being read."""
+    base = f"{proc}/{pid}"
+    try:
+        with open(f"{base}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+        with open(f"{base}/cmdline", "rb") as fb:
+            raw = fb.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ESRCH, errno.ENOENT):
+            return None
+        raise
+    try:
+        spid, comm, state, ppid, flags = parse_stat(stat)
+    except ValueError:
+        return None  # an empty read: the process is being torn down
+    cmdline = tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    return ProcessInfo(spid, ppid, comm, state, cmdline, is_kernel_thread(flags))
+
+
+def snapshot(proc: str = "/proc") -> list[ProcessInfo]:
+    """Every process ``proc`` lists, tolerating those that vanish between listing and reading."""
+    infos: list[ProcessInfo] = []
+    with os.scandir(proc) as entries:
+        pids = [int(e.name) for e in entries if e.name.isdigit()]
+    for pid in sorted(pids):
+        info = read_process(pid, proc)
+        if info is not None:
+            infos.append(info)
+    return infos
+
+
+def spared_closure(snapshot: Iterable[ProcessInfo], spare: Iterable[int]) -> set[int]:
+    """``spare`` plus every ancestor of a spared pid that the snapshot knows."""
+    parent = {p.pid: p.ppid for p in snapshot}
+    closed: set[int] = set()
+    for pid in spare:
+        current: int | None = pid
+        while current is not None and current > 0 and current not in closed:
+            closed.add(current)
+            current = parent.get(current)
+    return closed
+
+
+def select_victims(snapshot: Sequence[ProcessInfo], spare: set[int], *,
+                   kthreadd_pid: int | None = KTHREADD_PID) -> list[ProcessInfo]:
+    """The processes to stop, by pid: everything but PID 1, kernel threads, zombies, spared and ancestors.
+
+    Kernel threads are those flagged ``is_kernel_thread`` and, as a second line for snapshots without
+    flags, ``kthreadd_pid`` and its children. Pass ``kthreadd_pid=None`` inside a PID namespace: there
+    kernel threads are invisible and pid 2 is an ordinary process.
+    """
+    keep = spared_closure(snapshot, spare)
+    victims = [
+        p for p in snapshot
+        if p.pid > 1
+        and not p.is_kernel_thread
+        and (kthreadd_pid is None or (p.pid != kthreadd_pid and p.ppid != kthreadd_pid))
+        and p.state not in GONE_STATES
+        and p.pid not in keep
+    ]
+    return sorted(victims, key=lambda p: p.pid)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A victim that is gone: ``signal`` is the last one we sent before it ended."""
+
+    pid: int
+    name: str
+    signal: str
+    seconds: float
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Survivor:
+    pid: int
+    name: str
+    state: str
+    cmdline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TerminateReport:
+    ended: tuple[Ended, ...]
+    survivors: tuple[Survivor, ...]
+    term_sent: int
+    stop_sweeps: int
+    kill_passes: int
+    converged: bool
+    term_seconds: float
+    kill_seconds: float
+    total_seconds: float
+    vanished: int = 0
+    untracked: int = 0
+
+    @property
+    def terminated(self) -> tuple[Ended, ...]:
+        return tuple(e for e in self.ended if e.signal == "SIGTERM")
+
+    @property
+    def killed(self) -> tuple[Ended, ...]:
+        return tuple(e for e in self.ended if e.signal == "SIGKILL")
+
+    @property
+    def unkillable(self) -> tuple[Survivor, ...]:
+        """Survivors in uninterruptible sleep: the upgrade must not write while they live."""
+        return tuple(s for s in self.survivors if s.state == "D")
+
+    @property
+    def ok(self) -> bool:
+        return not self.survivors
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["terminated"] = len(self.terminated)
+        data["killed"] = len(self.killed)
+        data["unkillable"] = [asdict(s) for s in self.unkillable]
+        data["ok"] = self.ok
+        return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Executor
+
+
+@dataclass
+class _Tracked:
+    pid: int
+    name: str
+    pidfd: int
+    first_signal_at: float
+    last_signal: int | None = None  # the last SIGTERM/SIGKILL sent (SIGSTOP/SIGCONT do not end anyone)
+    ended_at: float | None = None
+    status: int | None = None
+
+
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
+
+
+@dataclass
+class _Run:
+    """The executor's bookkeeping: live victims (by pid, each pinned by a pidfd), the ended, the reaped."""
+
+    reap: Callable[[], list[tuple[int, int]]]
+    live: dict[int, _Tracked] = field(default_factory=dict)
+    ended: list[_Tracked] = field(default_factory=list)
+    awaiting_status: dict[int, _Tracked] = field(default_factory=dict)
+    vanished: int = 0
+    untracked: int = 0
+
+    def track(self, info: ProcessInfo, now: float) -> _Tracked | None:
+        """The tracked entry for ``info`` (opening its pidfd the first time); None if it is gone."""
+        tracked = self.live.get(info.pid)
+        if tracked is not None:
+            return tracked
+        try:
+            pidfd = os.pidfd_open(info.pid)
+        except ProcessLookupError:
+            self.vanished += 1
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # out of descriptors (thousands of processes): no ceremony for this one
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGKILL)
+            self.untracked += 1
+            return None
+        tracked = _Tracked(info.pid, info.name, pidfd, now)
+        self.live[info.pid] = tracked
+        return tracked
+
+    def send(self, tracked: _Tracked, signo: int) -> bool:
+        """Signal through the pidfd (no pid-reuse race). False if the process has already exited."""
+        try:
+            signal.pidfd_send_signal(tracked.pidfd, signo)
+        except ProcessLookupError:
+            self._mark_ended(tracked, time.monotonic())
+            return False
+        if signo in _ENDING_SIGNALS:
+            tracked.last_signal = signo
+        return True
+
+    def _mark_ended(self, tracked: _Tracked, now: float) -> None:
+        if tracked.ended_at is not None:
+            return
+        tracked.ended_at = now
+        os.close(tracked.pidfd)
+        self.live.pop(tracked.pid, None)
+        self.ended.append(tracked)
+        if tracked.status is None:
+            self.awaiting_status[tracked.pid] = tracked
+
+    def do_reap(self) -> None:
+        for pid, status in self.reap():
+            tracked = self.awaiting_status.pop(pid, None)
+            if tracked is None:
+                tracked = self.live.get(pid)  # reaped before its pidfd was polled: the status is its own
+            if tracked is not None:
+                tracked.status = status
+
+    def collect_exited(self) -> None:
+        """Mark every tracked process whose pidfd is readable (it has exited) as ended."""
+        if not self.live:
+            return
+        poller = select.poll()
+        by_fd = {t.pidfd: t for t in self.live.values()}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        now = time.monotonic()
+        for fd, _events in poller.poll(0):
+            self._mark_ended(by_fd[fd], now)
+
+    def wait(self, pids: Iterable[int], deadline: float) -> None:
+        """Wait until each of ``pids`` has exited or ``deadline`` (monotonic) passes; reap meanwhile."""
+        waiting = {self.live[p].pidfd: self.live[p] for p in pids if p in self.live}
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready = poller.poll(max(1, int(remaining * 1000 + 0.999)))
+            now = time.monotonic()
+            for fd, _events in ready:
+                tracked = waiting.pop(fd)
+                poller.unregister(fd)
+                self._mark_ended(tracked, now)
+            self.do_reap()
+        self.do_reap()
+
+    def close(self) -> None:
+        for tracked in self.live.values():
+            with contextlib.suppress(OSError):
+                os.close(tracked.pidfd)
+        self.live.clear()
+
+
+def _reap_function() -> Callable[[], list[tuple[int, int]]]:
+    reaper = children.installed()
+    if reaper is not None:
+        return reaper.reap
+
+    def reap_all() -> list[tuple[int, int]]:
+        reaped: list[tuple[int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped.append((pid, status))
+        return reaped
+
+    return reap_all
+
+
+def _raise_fd_limit() -> None:
+    """One pidfd per live victim: lift the soft descriptor limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _signame(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
+def _describe(status: int | None) -> str | None:
+    if status is None:
+        return None
+    if os.WIFSIGNALED(status):
+        return f"killed by {_signame(os.WTERMSIG(status))}"
+    if os.WIFEXITED(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
+def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passes: int = 3,
+                  kill_timeout: float = 5.0, max_sweeps: int = 200, proc: str = "/proc") -> TerminateReport:
+    """TERM everyone but the spared (and PID 1, kernel threads, ancestors), then freeze and KILL the rest.
+
+    ``term_timeout`` bounds the wait after SIGTERM; each of up to ``kill_passes`` passes freezes every
+    victim (SIGSTOP sweeps over fresh snapshots until one finds nobody new, at most ``max_sweeps``),
+    SIGKILLs and SIGCONTs them, and waits up to ``kill_timeout`` for their exits. PID 1 only: as the
+    init it inherits every orphan, so it reaps while it waits (through the installed reaper if any).
+    """
+    if os.getpid() != 1:
+        raise NotPid1("terminate_all refused: this process is not PID 1",
+                      hint="it signals every process it can see; run it only as the init of its namespace")
+    logger = log.get()
+    _raise_fd_limit()
+    spared = {1, *spare}
+    kthreadd = KTHREADD_PID if in_initial_pid_namespace() else None
+
+    def victims_now() -> list[ProcessInfo]:
+        return select_victims(snapshot(proc), spared, kthreadd_pid=kthreadd)
+
+    run = _Run(reap=_reap_function())
+    start = time.monotonic()
+    term_sent = sweeps = passes = 0
+    converged = True
+    term_done = kill_done = start
+    try:
+        # 1. one polite pass, then wait on exit events
+        victims = victims_now()
+        logger.info("terminate.term", victims=len(victims), spared=sorted(spared))
+        for victim in victims:
+            tracked = run.track(victim, time.monotonic())
+            if tracked is not None and run.send(tracked, signal.SIGTERM):
+                logger.debug("terminate.signal", signal="SIGTERM", pid=victim.pid, name=victim.name)
+                term_sent += 1
+        run.wait(list(run.live), start + term_timeout)
+        term_done = time.monotonic()
+        logger.info("terminate.term_done", exited=len(run.ended), remaining=len(run.live),
+                    duration=round(term_done - start, 4))
+
+        # 2. freeze and kill, from fresh snapshots, at most kill_passes times
+        while passes < kill_passes:
+            run.collect_exited()
+            run.do_reap()
+            if not victims_now():
+                break
+            passes += 1
+            stopped: set[int] = set()
+            pass_converged = False
+            clean_before = False
+            for _ in range(max_sweeps):
+                sweeps += 1
+                current = victims_now()
+                # after the snapshot: a tracked process still alive now was the one listed under its
+                # pid (no reuse while it lives); one that died drops out of run.live, so its pid is new
+                run.collect_exited()
+                fresh = [v for v in current if not (v.pid in stopped and v.pid in run.live)]
+                # a victim that has not yet acted on SIGSTOP may be inside fork(): fork is not
+                # interrupted by a stop, and the child shows up only when it returns
+                unsettled = [v for v in current if v.pid in stopped and v.state not in SETTLED_STATES]
+                clean = not fresh and not unsettled
+                if clean and clean_before:
+                    # every victim was seen stopped in the last sweep, and this sweep's listing,
+                    # taken after those reads, found nobody new: nothing can fork any more
+                    pass_converged = True
+                    break
+                clean_before = clean
+                for victim in fresh:
+                    tracked = run.track(victim, time.monotonic())
+                    if tracked is not None and run.send(tracked, signal.SIGSTOP):
+                        stopped.add(victim.pid)
+                if unsettled and not fresh:
+                    os.sched_yield()  # let them run into the stop
+            converged = converged and pass_converged
+            targets = [run.live[pid] for pid in sorted(stopped) if pid in run.live]
+            logger.info("terminate.kill", kill_pass=passes, victims=len(targets), sweeps=sweeps,
+                        converged=pass_converged)
+            for tracked in targets:
+                if run.send(tracked, signal.SIGKILL):
+                    run.send(tracked, signal.SIGCONT)
+            run.wait([t.pid for t in targets], time.monotonic() + kill_timeout)
+        kill_done = time.monotonic()
+
+        run.collect_exited()
+        run.do_reap()
+        left = victims_now()
+    finally:
+        run.close()
+    end = time.monotonic()
+
+    ended = tuple(
+        Ended(t.pid, t.name, _signame(t.last_signal) if t.last_signal is not None else "none",
+              round((t.ended_at or end) - t.first_signal_at, 4), _describe(t.status))
+        for t in run.ended
+    )
+    survivors = tuple(Survivor(p.pid, p.name, p.state, p.cmdline) for p in left)
+    report = TerminateReport(
+        ended=ended, survivors=survivors, term_sent=term_sent, stop_sweeps=sweeps, kill_passes=passes,
+        converged=converged, term_seconds=round(term_done - start, 4),
+        kill_seconds=round(kill_done - term_done, 4), total_seconds=round(end - start, 4),
+        vanished=run.vanished, untracked=run.untracked,
+    )
+    summary: dict[str, Any] = {
+        "terminated": len(report.terminated), "killed": len(report.killed),
+        "survivors": [f"{s.name}({s.pid}) {s.state}" for s in survivors],
+        "sweeps": sweeps, "passes": passes, "duration": report.total_seconds,
+    }
+    if report.unkillable:
+        logger.error("terminate.unkillable", processes=[f"{s.name}({s.pid})" for s in report.unkillable],
+                     **summary)
+    elif survivors:
+        logger.warning("terminate.incomplete", **summary)
+    else:
+        logger.info("terminate.done", **summary)
+    return report

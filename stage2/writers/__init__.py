@@ -1,0 +1,1 @@
+"""Flash writers: one module per kind of target."""

@@ -1,0 +1,3 @@
+from upgraded.cli import entry
+
+entry()

@@ -1,0 +1,220 @@
+"""upgraded as the system's init (PID 1): early mounts, preinit, services, the bus, and never exiting.
+
+Every path ends in ``wrtcore.power.reboot``: an exception in the loop is logged and the loop goes on;
+SIGTERM/SIGINT start an orderly reboot, except during an upgrade, where they are logged and ignored
+(so a stray ``kill 1`` cannot cut the flash short).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from types import FrameType
+from typing import Any
+
+from stage2 import terminate
+from upgraded import handover, upgrade
+from upgraded.bus import Bus
+from upgraded.request import UpgradeRequest
+from upgraded.services import Supervisor
+from upgraded.system import SystemObject
+from wrtcore import children, log, power, syscalls
+from wrtcore import watchdog as wdt
+
+SERVICES_DIR = "/etc/upgraded/services.d"
+LAST_REPORT = "/tmp/log/last-upgrade.json"
+
+
+def early_mounts() -> None:
+    plan = [
+        ("proc", "/proc", "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC, None),
+        ("sysfs", "/sys", "sysfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC, None),
+        ("devtmpfs", "/dev", "devtmpfs", syscalls.MS_NOSUID, "mode=0755"),
+        ("devpts", "/dev/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC, "newinstance,mode=600"),
+        ("tmpfs", "/tmp", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=01777"),
+    ]
+    for source, target, fstype, flags, data in plan:
+        os.makedirs(target, exist_ok=True)
+        if not os.path.ismount(target):
+            try:
+                syscalls.mount(source, target, fstype, flags, data)
+            except OSError as exc:
+                log.get().warning("early mount failed", target=target, error=str(exc))
+    for d in ("/tmp/run", "/tmp/lock", "/tmp/state", "/tmp/log"):
+        os.makedirs(d, exist_ok=True)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class Init:
+    """The init and the ``Host`` of the system object."""
+
+    def __init__(self, services_dir: str = SERVICES_DIR) -> None:
+        self.reaper = children.Reaper()
+        children.install(self.reaper)
+        self.services_dir = services_dir
+        self.supervisor: Supervisor | None = None
+        self.bus: Bus | None = None
+        self.system: SystemObject | None = None
+        self.upgrading = threading.Event()
+        self.shutting_down = threading.Event()
+        self.watchdog: wdt.Keeper | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- signals -------------------------------------------------------------------------------
+    def _on_signal(self, signo: int, _frame: FrameType | None) -> None:
+        if signo == signal.SIGCHLD:
+            return  # the wakeup fd does the work
+        name = signal.Signals(signo).name
+        if self.upgrading.is_set():
+            log.get().warning("signal ignored during upgrade", signal=name)
+            return
+        if not self.shutting_down.is_set():
+            log.get().info("signal received, rebooting", signal=name)
+            threading.Thread(target=self.reboot, name="shutdown", daemon=True).start()
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signo in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signo, self._on_signal)
+
+    # -- boot ------------------------------------------------------------------------------------
+    def run_preinit(self) -> None:
+        pid = self.reaper.spawn([sys.executable, "-m", "preinit", "start"])
+        status = self.reaper.wait(pid)
+        code = os.waitstatus_to_exitcode(status or 0)
+        if code != 0:
+            log.get().error("preinit failed", exit=code)
+
+    def start_services(self) -> None:
+        try:
+            self.supervisor = Supervisor.from_dir(self.reaper, self.services_dir)
+        except Exception as exc:
+            log.get().error("services not started", error=str(exc))
+            return
+        self.supervisor.start_all()
+
+    def start_bus(self) -> None:
+        self.system = SystemObject(self)
+        self.bus = Bus()
+        self.system.register(self.bus)
+        self.bus.start()
+        log.get().info("bus ready", socket=self.bus.path)
+
+    def boot(self) -> None:
+        """Early work here, the rest on a thread while this (main) thread reaps and supervises."""
+        log.setup("upgraded")
+        self.install_signals()
+        early_mounts()
+        self.watchdog = wdt.adopt(dict(os.environ))
+        log.get().info("- early -", pid=os.getpid())
+        threading.Thread(target=self._boot_sequence, name="boot", daemon=True).start()
+        self.loop()
+
+    def _boot_sequence(self) -> None:
+        try:
+            self._boot_steps()
+        except Exception:
+            log.get().critical("boot sequence failed", traceback=traceback.format_exc())
+
+    def _boot_steps(self) -> None:
+        self.run_preinit()
+        found = handover.read_failsafe()
+        if found is not None:
+            log.get().info("failsafe upgrade requested", image=found.path, backup=found.backup)
+            self._run_upgrade(found.path, found.backup, found.env, found.command)
+        log.get().info("- init -")
+        self.start_services()
+        self.start_bus()
+        self.reaper.spawn([sys.executable, "-m", "preinit", "done"], on_exit=lambda p, s: None)
+        log.get().info("- init complete -")
+
+    def loop(self) -> None:
+        while True:
+            try:
+                deadline = self.supervisor.next_deadline() if self.supervisor else None
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                with contextlib.suppress(InterruptedError):
+                    select.select([self._wake_r], [], [], timeout)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                self.reaper.reap()
+                if self.supervisor:
+                    self.supervisor.tick()
+            except Exception:
+                log.get().error("init loop error", traceback=traceback.format_exc())
+
+    # -- Host --------------------------------------------------------------------------------------
+    def board(self) -> dict[str, Any]:
+        release: dict[str, str] = {}
+        for line in _read("/etc/openwrt_release").splitlines():
+            key, _, value = line.partition("=")
+            if key.startswith("DISTRIB_"):
+                release[key[8:].lower()] = value.strip("'\"")
+        return {"kernel": os.uname().release, "hostname": os.uname().nodename,
+                "board_name": _read("/tmp/sysinfo/board_name") or "generic",
+                "model": _read("/tmp/sysinfo/model"), "rootfs_type": "squashfs", "release": release}
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"localtime": int(time.time()), "uptime": int(time.monotonic())}
+        try:
+            with open(LAST_REPORT) as f:
+                info["last_upgrade"] = json.load(f)
+        except (OSError, ValueError):
+            info["last_upgrade"] = None
+        if self.supervisor:
+            info["services"] = self.supervisor.status()
+        return info
+
+    def _notify(self, record: dict[str, Any]) -> None:
+        if self.bus is not None:
+            self.bus.notify("system", "progress", record)
+
+    def _stop_services(self) -> list[dict[str, Any]]:
+        if self.supervisor is None:
+            return []
+        report = self.supervisor.stop_all()
+        result: list[dict[str, Any]] = report.to_dict().get("services", [])
+        return result
+
+    def _run_upgrade(self, image: str, backup: str | None, env: dict[str, str], command: str | None) -> None:
+        self.upgrading.set()
+        ctx = upgrade.context(image=image, backup=backup, env=env, command=command, notify=self._notify,
+                              stop_services=self._stop_services)
+        upgrade.run_stage2(ctx)
+
+    def start_upgrade(self, req: UpgradeRequest) -> None:
+        self._run_upgrade(req.path, req.backup, dict(req.env), req.command)
+
+    def reboot(self) -> None:
+        """An ordinary reboot: stop services, end every process, sync, reboot(2)."""
+        self.shutting_down.set()
+        try:
+            self._stop_services()
+            terminate.terminate_all(spare=set())
+        except Exception:
+            log.get().error("shutdown error", traceback=traceback.format_exc())
+        power.reboot("reboot requested")
+
+
+def main_init() -> None:
+    init = Init()
+    try:
+        init.boot()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            log.get().critical("init crashed", traceback=traceback.format_exc())
+    power.reboot("init ended")

@@ -1,0 +1,91 @@
+"""Block devices seen through sysfs and a few ioctls: disks, partitions, sizes, re-reading tables."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+
+from wrtcore import loop
+from wrtcore import partitions as partitions_mod
+
+BLKRRPART = 0x125F
+BLKGETSIZE64 = 0x80081272
+
+
+def devnum(path: str) -> int:
+    st = os.stat(path)
+    return st.st_rdev
+
+
+def sysfs_dir(dev: int) -> str:
+    return os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+
+
+def disk_of(path: str) -> str:
+    return partitions_mod.disk_of(path)
+
+
+def partitions(disk: str) -> list[str]:
+    """Partition devices of ``disk`` that exist now (kernel nodes or loop views)."""
+    return partitions_mod.all_devices(disk)
+
+
+def partition(disk: str, number: int) -> str:
+    return partitions_mod.device(disk, number)
+
+
+def size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return int(struct.unpack("Q", buf)[0])
+    finally:
+        os.close(fd)
+
+
+def reread_partitions(disk: str) -> None:
+    fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKRRPART)
+    finally:
+        os.close(fd)
+
+
+def family(disk: str) -> set[int]:
+    """Device numbers of ``disk``, its partitions and every loop device stacked on any of them."""
+    nums = {devnum(disk)}
+    with contextlib.suppress(OSError):
+        nums |= {devnum(p) for p in partitions(disk)}
+
+
+    changed = True
+    while changed:
+        changed = False
+        for lo in loop.list_loops():
+            if lo.backing_dev in nums:
+                with contextlib.suppress(OSError):
+                    n = devnum(f"/dev/{lo.name}")
+                    if n not in nums:
+                        nums.add(n)
+                        changed = True
+    return nums
+
+
+SQUASHFS_MAGIC = b"hsqs"
+
+
+def squashfs_bytes_used(path: str, offset: int = 0) -> int:
+    """bytes_used from a squashfs superblock (little-endian, offset 40), or raise ValueError."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        sb = f.read(96)
+    if sb[:4] != SQUASHFS_MAGIC:
+        raise ValueError(f"{path}: no squashfs superblock at {offset}")
+    return int(struct.unpack_from("<Q", sb, 40)[0])
+
+
+def overlay_offset(squashfs_size: int, align: int = 64 * 1024) -> int:
+    """Where OpenWrt's fstools puts rootfs_data after a squashfs root: rounded up to 64 KiB."""
+    return (squashfs_size + align - 1) // align * align

@@ -1,0 +1,28 @@
+"""The kernel command line as key/value pairs.
+
+In the sandbox there is no kernel of the device's own, so the launcher hands the device its command
+line in ``WRT_CMDLINE``; everywhere else it is /proc/cmdline.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def parse(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for token in text.split():
+        key, _, value = token.partition("=")
+        out[key] = value
+    return out
+
+
+def read() -> dict[str, str]:
+    text = os.environ.get("WRT_CMDLINE")
+    if text is None:
+        try:
+            with open("/proc/cmdline") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+    return parse(text)
