@@ -7,6 +7,7 @@ to decide what goes into the ramfs, so a lazy import here would be missing after
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -48,7 +49,7 @@ def check_maps() -> int:
 
 def releasing_root(ctx: Context) -> None:
     target_devs = frozenset(ctx.data["plan"]["target_devs"])
-    plan = release.gather_and_plan(target_devs)
+    plan = release.gather_and_plan(ctx.data["plan"]["disk"], target_devs)
     for line in plan.describe():
         log.get().info("release plan", step=line)
     done = release.execute(plan)
@@ -79,8 +80,6 @@ def flashing(ctx: Context) -> None:
 
 def _flush_partitions(disk: str) -> None:
     """The whole-disk write bypassed the partitions' caches: drop them and re-read the table."""
-    import fcntl
-
     for part in blockdev.partitions(disk):
         with contextlib.suppress(OSError):
             fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)

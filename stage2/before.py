@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 from stage2 import ramfs, terminate
@@ -19,6 +20,8 @@ from wrtcore import blockdev, cmdline, log
 from wrtcore.errors import InvalidInput, UpgradeError
 
 HANDOFF = "stage2-handoff.json"  # at the ramfs root
+# Processes left after the services stopped are not services: a short grace after SIGTERM, then KILL.
+STRAGGLER_TERM_TIMEOUT = 1.0
 
 
 def boot_disk() -> str:
@@ -63,8 +66,10 @@ def stopping_services(ctx: Context) -> None:
 
 
 def terminating(ctx: Context) -> None:
-    result = terminate.terminate_all(spare=set(ctx.spare_pids))
-    ctx.report.terminated = [e.as_dict() for e in result.ended]
+    result = terminate.terminate_all(spare=set(ctx.spare_pids), term_timeout=STRAGGLER_TERM_TIMEOUT)
+    ctx.report.terminated = [asdict(e) for e in result.ended]
+    ctx.report.details["terminate"] = {
+        k: v for k, v in result.to_dict().items() if k not in ("ended", "survivors")}
     if result.unkillable:
         names = ", ".join(f"{s.pid} ({s.name}, state {s.state})" for s in result.unkillable)
         raise UpgradeError(f"cannot stop every process: {names}",

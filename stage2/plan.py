@@ -85,14 +85,15 @@ def _under(path: str, top: str) -> bool:
 
 
 def plan_release(*, mounts: list[Mount], swaps: list[tuple[Swap, int | None]], loops: list[LoopDevice],
-                 target_devs: frozenset[int], loop_devs: dict[str, int],
+                 target_devs: frozenset[int], keep_loops: frozenset[str] = frozenset(),
                  old_root: str = OLD_ROOT) -> ReleasePlan:
     """Let go of everything on the target after the pivot.
 
     ``swaps`` pairs each swap area with the device it lives on (None if it could not be resolved:
     swapped off too, to be safe). Every mount on a target device is remounted read-only, then the old
-    root and every other mount on the target are lazily unmounted, deepest first. Loop devices whose
-    backing is on the target are detached (the kernel defers it while still in use).
+    root and every other mount on the target are lazily unmounted, deepest first. Loop devices stacked
+    on the target (rootfs_data's loop after the squashfs) are detached, the kernel deferring it while
+    still in use; ``keep_loops`` names the ones that are the target itself or its partitions.
     """
     swapoff = tuple(s.path for s, dev in swaps if dev is None or dev in target_devs)
     keep = set(MOVED_INTO_RAMFS) | {"/"}
@@ -102,7 +103,7 @@ def plan_release(*, mounts: list[Mount], swaps: list[tuple[Swap, int | None]], l
     lazy |= {m.mountpoint for m in on_target if not any(_under(m.mountpoint, top) for top in lazy)}
     umount = tuple(sorted(lazy, key=lambda p: (-p.count("/"), p)))
     detach = tuple(f"/dev/{lo.name}" for lo in loops
-                   if lo.backing_dev in target_devs or loop_devs.get(lo.name) in target_devs)
+                   if lo.backing_dev in target_devs and lo.name not in keep_loops)
     return ReleasePlan(swapoff, remount, umount, detach)
 
 

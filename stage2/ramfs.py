@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import sys
 from dataclasses import dataclass
 
@@ -52,6 +53,24 @@ class RamfsImage:
     sys_path: tuple[str, ...]
 
 
+def elf_interpreter(path: str) -> str | None:
+    """PT_INTERP of a 64-bit little-endian ELF (the dynamic loader /proc/self/maps names by its
+    real path, while the kernel looks it up by this one)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return None
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        for i in range(phnum):
+            f.seek(phoff + i * phentsize)
+            ptype, _flags, offset, _vaddr, _paddr, filesz = struct.unpack("<IIQQQQ", f.read(40))
+            if ptype == 3:  # PT_INTERP
+                f.seek(offset)
+                return f.read(filesz).rstrip(b"\0").decode()
+    return None
+
+
 def needed_files(python: str, sys_path: list[str]) -> list[str]:
     """Ask a clean child interpreter what the post-pivot entry point loads and maps."""
     code = f"import sys; sys.path[:] = {sys_path!r}\n" + _PROBE.format(entry=ENTRY_MODULE)
@@ -59,7 +78,26 @@ def needed_files(python: str, sys_path: list[str]) -> list[str]:
     files: list[str] = json.loads(res.stdout)
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     landmark = os.path.join(sys.base_prefix, "lib", version, "os.py")
-    return sorted({*files, landmark, os.path.realpath(python)})
+    interp = elf_interpreter(python)
+    files = [*files, landmark, os.path.realpath(python), *([interp] if interp else [])]
+    return sorted({*files, *soname_links(files)})
+
+
+def soname_links(files: list[str]) -> list[str]:
+    """Symlinks next to the shared libraries in ``files`` that point at them (libffi.so.8 ->
+    libffi.so.8.1.2): the loader looks libraries up by soname, /proc/self/maps names the real file."""
+    wanted = {f for f in files if ".so" in os.path.basename(f)}
+    links: list[str] = []
+    for d in sorted({os.path.dirname(f) for f in wanted}):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(d, name)
+            if os.path.islink(path) and os.path.realpath(path) in wanted:
+                links.append(path)
+    return links
 
 
 def _copy(path: str, prefix: str) -> int:
@@ -104,7 +142,28 @@ def build(prefix: str, *, python: str | None = None, size_mb: int = 256) -> Ramf
     kept_path = tuple(p for p in sys_path if os.path.isdir(prefix + p))
     image = RamfsImage(prefix, len(files), total, python, kept_path)
     log.get().info("ramfs built", prefix=prefix, files=len(files), bytes=total)
+    check(image)
     return image
+
+
+def bootstrap(image: RamfsImage, call: str) -> str:
+    """The -c program run from the ramfs: import the entry point and ``call`` it. If even the
+    import fails, PID 1 must not exit: it says why and waits (a hardware watchdog resets the box)."""
+    return (f"import sys, signal\nsys.path[:] = {list(image.sys_path)!r}\n"
+            f"try:\n    import {ENTRY_MODULE} as m\nexcept BaseException as e:\n"
+            f"    print('stage2: cannot start from the ramfs:', repr(e), file=sys.stderr, flush=True)\n"
+            f"    while True:\n        signal.pause()\n"
+            f"{call}\n")
+
+
+def check(image: RamfsImage) -> None:
+    """Before the pivot: start the ramfs interpreter chrooted into the ramfs and import the entry
+    point. A ramfs that cannot run stage2 fails here, while the old root is still intact."""
+    code = (f"import sys; sys.path[:] = {list(image.sys_path)!r}; import {ENTRY_MODULE}")
+    res = run.run(["chroot", image.prefix, image.python, "-S", "-E", "-c", code], check=False)
+    if res.returncode != 0:
+        err = res.stderr.decode(errors="replace").strip().splitlines()
+        raise UpgradeError(f"the ramfs cannot run stage2: {err[-1] if err else res.returncode}")
 
 
 def pivot(prefix: str, old_root: str = "/mnt") -> None:
@@ -127,8 +186,7 @@ def reexec(image: RamfsImage, handoff: str, keep_fds: tuple[int, ...] = ()) -> N
     for fd in keep_fds:
         os.set_inheritable(fd, True)
     env = {k: v for k, v in os.environ.items() if k in ("WRT_LOG_FD", "PATH", "TERM")}
-    code = (f"import sys; sys.path[:] = {list(image.sys_path)!r}; "
-            f"import {ENTRY_MODULE} as m; m.main({handoff!r})")
+    code = bootstrap(image, f"m.main({handoff!r})")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(image.python, [image.python, "-S", "-E", "-c", code], env)

@@ -13,19 +13,17 @@ import os
 import signal
 
 from stage2.plan import ReleasePlan, plan_release, swap_device
-from wrtcore import log, loop, mounts, syscalls
+from wrtcore import log, loop, mounts, partitions, syscalls
 from wrtcore.errors import UpgradeError
 
 
-def gather_and_plan(target_devs: frozenset[int]) -> ReleasePlan:
-    loops = loop.list_loops()
-    loop_devs: dict[str, int] = {}
-    for lo in loops:
-        with contextlib.suppress(OSError):
-            loop_devs[lo.name] = os.stat(f"/dev/{lo.name}").st_rdev
+def gather_and_plan(disk: str, target_devs: frozenset[int]) -> ReleasePlan:
+    """The release plan for ``disk``: its own loop device and partition views are kept."""
+    keep = {os.path.basename(disk)}
+    keep |= {os.path.basename(p) for p in partitions.all_devices(disk)}
     swaps = [(s, swap_device(s)) for s in mounts.read_swaps()]
-    return plan_release(mounts=mounts.read_mountinfo(), swaps=swaps, loops=loops,
-                        target_devs=target_devs, loop_devs=loop_devs)
+    return plan_release(mounts=mounts.read_mountinfo(), swaps=swaps, loops=loop.list_loops(),
+                        target_devs=target_devs, keep_loops=frozenset(keep))
 
 
 def holders_of(mountpoint: str) -> list[int]:

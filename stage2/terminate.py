@@ -84,14 +84,20 @@ def in_initial_pid_namespace() -> bool:
         return True
 
 
-def read_process(pid: int, proc: str = "/proc") -> ProcessInfo | None:
-    """One process from ``proc``, or None if it vanished while being read."""
+def read_process(pid: int, proc: str = "/proc", *, cmdline: bool = True) -> ProcessInfo | None:
+    """One process from ``proc``, or None if it vanished while being read.
+
+    ``cmdline=False`` reads ``stat`` only: reading ``cmdline`` takes the target's mmap lock, so it
+    waits while the target forks, and the freeze must not wait for a fork bomb.
+    """
     base = f"{proc}/{pid}"
+    raw = b""
     try:
         with open(f"{base}/stat", encoding="utf-8", errors="replace") as f:
             stat = f.read()
-        with open(f"{base}/cmdline", "rb") as fb:
-            raw = fb.read()
+        if cmdline:
+            with open(f"{base}/cmdline", "rb") as fb:
+                raw = fb.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError as exc:
@@ -102,17 +108,20 @@ def read_process(pid: int, proc: str = "/proc") -> ProcessInfo | None:
         spid, comm, state, ppid, flags = parse_stat(stat)
     except ValueError:
         return None  # an empty read: the process is being torn down
-    cmdline = tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
-    return ProcessInfo(spid, ppid, comm, state, cmdline, is_kernel_thread(flags))
+    argv = tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    return ProcessInfo(spid, ppid, comm, state, argv, is_kernel_thread(flags))
 
 
-def snapshot(proc: str = "/proc") -> list[ProcessInfo]:
+def list_pids(proc: str = "/proc") -> list[int]:
+    with os.scandir(proc) as entries:
+        return sorted(int(e.name) for e in entries if e.name.isdigit())
+
+
+def snapshot(proc: str = "/proc", *, cmdline: bool = True) -> list[ProcessInfo]:
     """Every process ``proc`` lists, tolerating those that vanish between listing and reading."""
     infos: list[ProcessInfo] = []
-    with os.scandir(proc) as entries:
-        pids = [int(e.name) for e in entries if e.name.isdigit()]
-    for pid in sorted(pids):
-        info = read_process(pid, proc)
+    for pid in list_pids(proc):
+        info = read_process(pid, proc, cmdline=cmdline)
         if info is not None:
             infos.append(info)
     return infos
@@ -139,15 +148,19 @@ def select_victims(snapshot: Sequence[ProcessInfo], spare: set[int], *,
     kernel threads are invisible and pid 2 is an ordinary process.
     """
     keep = spared_closure(snapshot, spare)
-    victims = [
-        p for p in snapshot
-        if p.pid > 1
+    victims = [p for p in snapshot if is_victim(p, keep, kthreadd_pid=kthreadd_pid)]
+    return sorted(victims, key=lambda p: p.pid)
+
+
+def is_victim(p: ProcessInfo, keep: set[int], *, kthreadd_pid: int | None = KTHREADD_PID) -> bool:
+    """The rule for one process, given ``keep``: the spared pids already closed over their ancestors."""
+    return (
+        p.pid > 1
         and not p.is_kernel_thread
         and (kthreadd_pid is None or (p.pid != kthreadd_pid and p.ppid != kthreadd_pid))
         and p.state not in GONE_STATES
         and p.pid not in keep
-    ]
-    return sorted(victims, key=lambda p: p.pid)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,6 +306,17 @@ class _Run:
             if tracked is not None:
                 tracked.status = status
 
+    def alive(self, tracked: _Tracked) -> bool:
+        """Whether the tracked process has not exited yet (its pidfd is not readable); else mark it ended."""
+        if tracked.ended_at is not None:
+            return False
+        poller = select.poll()
+        poller.register(tracked.pidfd, select.POLLIN)
+        if poller.poll(0):
+            self._mark_ended(tracked, time.monotonic())
+            return False
+        return True
+
     def collect_exited(self) -> None:
         """Mark every tracked process whose pidfd is readable (it has exited) as ended."""
         if not self.live:
@@ -376,14 +400,33 @@ def _describe(status: int | None) -> str | None:
     return f"status {status}"
 
 
+def _keep_set(spared: Iterable[int], proc: str) -> set[int]:
+    """The spared pids and their ancestors, read from ``proc`` now (a few stat reads, not a snapshot)."""
+    keep: set[int] = set()
+    for pid in spared:
+        current = pid
+        while current > 0 and current not in keep:
+            keep.add(current)
+            info = read_process(current, proc, cmdline=False)
+            if info is None:
+                break
+            current = info.ppid
+    return keep
+
+
 def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passes: int = 3,
-                  kill_timeout: float = 5.0, max_sweeps: int = 200, proc: str = "/proc") -> TerminateReport:
+                  kill_timeout: float = 5.0, max_sweeps: int = 500, proc: str = "/proc") -> TerminateReport:
     """TERM everyone but the spared (and PID 1, kernel threads, ancestors), then freeze and KILL the rest.
 
     ``term_timeout`` bounds the wait after SIGTERM; each of up to ``kill_passes`` passes freezes every
-    victim (SIGSTOP sweeps over fresh snapshots until one finds nobody new, at most ``max_sweeps``),
-    SIGKILLs and SIGCONTs them, and waits up to ``kill_timeout`` for their exits. PID 1 only: as the
-    init it inherits every orphan, so it reaps while it waits (through the installed reaper if any).
+    victim (SIGSTOP sweeps over ``proc`` until the freeze is complete, at most ``max_sweeps``), SIGKILLs
+    and SIGCONTs them, and waits up to ``kill_timeout`` for their exits. PID 1 only: as the init it
+    inherits every orphan, so it reaps while it waits (through the installed reaper if any).
+
+    The freeze is complete when two sweeps in a row find no new victim and see every stopped victim
+    actually stopped: a victim that has not yet acted on SIGSTOP may be inside ``fork()`` (a stop does
+    not interrupt it), and its child is listed only once it returns. Each sweep signals a process as
+    soon as it has read its ``stat``, so even short-lived generations of a fork bomb are caught.
     """
     if os.getpid() != 1:
         raise NotPid1("terminate_all refused: this process is not PID 1",
@@ -394,9 +437,33 @@ def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passe
     kthreadd = KTHREADD_PID if in_initial_pid_namespace() else None
 
     def victims_now() -> list[ProcessInfo]:
-        return select_victims(snapshot(proc), spared, kthreadd_pid=kthreadd)
+        keep = _keep_set(spared, proc)
+        return [p for p in snapshot(proc, cmdline=False) if is_victim(p, keep, kthreadd_pid=kthreadd)]
 
     run = _Run(reap=_reap_function())
+
+    def freeze_sweep(stopped: set[int]) -> tuple[int, int]:
+        """SIGSTOP every victim not yet stopped, as it is read. Returns (new victims, not yet stopped)."""
+        keep = _keep_set(spared, proc)
+        fresh = unsettled = 0
+        for pid in list_pids(proc):
+            if pid in keep:
+                continue
+            info = read_process(pid, proc, cmdline=False)
+            if info is None or not is_victim(info, keep, kthreadd_pid=kthreadd):
+                continue
+            tracked = run.live.get(pid)
+            # alive after its stat was read: the stat was its own (a pid is not reused while it lives)
+            if pid in stopped and tracked is not None and run.alive(tracked):
+                if info.state not in SETTLED_STATES:
+                    unsettled += 1
+                continue
+            fresh += 1
+            tracked = run.track(info, time.monotonic())
+            if tracked is not None and run.send(tracked, signal.SIGSTOP):
+                stopped.add(pid)
+        return fresh, unsettled
+
     start = time.monotonic()
     term_sent = sweeps = passes = 0
     converged = True
@@ -415,7 +482,7 @@ def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passe
         logger.info("terminate.term_done", exited=len(run.ended), remaining=len(run.live),
                     duration=round(term_done - start, 4))
 
-        # 2. freeze and kill, from fresh snapshots, at most kill_passes times
+        # 2. freeze and kill, from fresh listings, at most kill_passes times
         while passes < kill_passes:
             run.collect_exited()
             run.do_reap()
@@ -423,29 +490,15 @@ def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passe
                 break
             passes += 1
             stopped: set[int] = set()
-            pass_converged = False
-            clean_before = False
+            pass_converged = clean_before = False
             for _ in range(max_sweeps):
                 sweeps += 1
-                current = victims_now()
-                # after the snapshot: a tracked process still alive now was the one listed under its
-                # pid (no reuse while it lives); one that died drops out of run.live, so its pid is new
-                run.collect_exited()
-                fresh = [v for v in current if not (v.pid in stopped and v.pid in run.live)]
-                # a victim that has not yet acted on SIGSTOP may be inside fork(): fork is not
-                # interrupted by a stop, and the child shows up only when it returns
-                unsettled = [v for v in current if v.pid in stopped and v.state not in SETTLED_STATES]
+                fresh, unsettled = freeze_sweep(stopped)
                 clean = not fresh and not unsettled
                 if clean and clean_before:
-                    # every victim was seen stopped in the last sweep, and this sweep's listing,
-                    # taken after those reads, found nobody new: nothing can fork any more
                     pass_converged = True
                     break
                 clean_before = clean
-                for victim in fresh:
-                    tracked = run.track(victim, time.monotonic())
-                    if tracked is not None and run.send(tracked, signal.SIGSTOP):
-                        stopped.add(victim.pid)
                 if unsettled and not fresh:
                     os.sched_yield()  # let them run into the stop
             converged = converged and pass_converged
@@ -460,7 +513,8 @@ def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passe
 
         run.collect_exited()
         run.do_reap()
-        left = victims_now()
+        keep = _keep_set(spared, proc)
+        left = [p for p in snapshot(proc) if is_victim(p, keep, kthreadd_pid=kthreadd)]
     finally:
         run.close()
     end = time.monotonic()

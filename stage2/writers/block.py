@@ -21,9 +21,12 @@ honest about errors:
 ``WriteReport.digest`` is the sha256 of the concatenated per-chunk sha256 digests (a hash list over
 ``chunk_size`` pieces of the image, as written), so it depends on ``chunk_size``.
 
-Errors: bad arguments or an unusable source or target found before anything is opened for writing raise
-``InvalidInput``. Everything after that raises ``WriteError`` whose ``offset`` is a byte offset in the
-target and whose ``written`` tells whether any byte of the target was changed.
+Errors: bad arguments, an unusable source or target, or an empty image raise ``InvalidInput``; nothing is
+written. Everything else raises ``WriteError``: ``offset`` is a byte offset in the target (for a failed
+write, where the failing ``pwrite`` started: the chunk's start unless part of it went through) and
+``written`` tells whether any byte of the target was changed. Some devices lose a write without an error
+(the loop driver completes a request whose backing-file write came back short); only the read-back
+catches those, as a mismatch.
 
 Runs after the pivot in a minimal ramfs: standard library and ``wrtcore`` only.
 """
