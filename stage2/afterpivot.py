@@ -36,8 +36,8 @@ def check_maps() -> int:
     with open("/proc/self/maps") as f:
         for line in f:
             parts = line.split(None, 5)
-            if len(parts) < 6 or not parts[5].startswith("/"):
-                continue
+            if len(parts) < 6 or not parts[5].startswith("/") or parts[5].strip() == "/dev/zero (deleted)":
+                continue  # anonymous memory; "/dev/zero (deleted)" is shared anonymous memory
             major, minor = (int(x, 16) for x in parts[3].split(":"))
             checked += 1
             if os.makedev(major, minor) != root_dev:

@@ -442,27 +442,34 @@ def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passe
 
     run = _Run(reap=_reap_function())
 
-    def freeze_sweep(stopped: set[int]) -> tuple[int, int]:
-        """SIGSTOP every victim not yet stopped, as it is read. Returns (new victims, not yet stopped)."""
+    def freeze_sweep(stopped: set[int]) -> bool:
+        """SIGSTOP every victim not yet stopped, as soon as it is read. True if the sweep was clean.
+
+        Clean: no new victim, every stopped victim seen stopped, and no listed process vanished
+        before it could be stopped (one that did may have forked after the listing was taken).
+        """
         keep = _keep_set(spared, proc)
-        fresh = unsettled = 0
+        clean = True
         for pid in list_pids(proc):
             if pid in keep:
                 continue
             info = read_process(pid, proc, cmdline=False)
-            if info is None or not is_victim(info, keep, kthreadd_pid=kthreadd):
+            if info is None:
+                clean = False  # gone between listing and reading
+                continue
+            if not is_victim(info, keep, kthreadd_pid=kthreadd):
                 continue
             tracked = run.live.get(pid)
             # alive after its stat was read: the stat was its own (a pid is not reused while it lives)
             if pid in stopped and tracked is not None and run.alive(tracked):
                 if info.state not in SETTLED_STATES:
-                    unsettled += 1
+                    clean = False
                 continue
-            fresh += 1
+            clean = False
             tracked = run.track(info, time.monotonic())
             if tracked is not None and run.send(tracked, signal.SIGSTOP):
                 stopped.add(pid)
-        return fresh, unsettled
+        return clean
 
     start = time.monotonic()
     term_sent = sweeps = passes = 0
@@ -493,14 +500,13 @@ def terminate_all(spare: Iterable[int], *, term_timeout: float = 5.0, kill_passe
             pass_converged = clean_before = False
             for _ in range(max_sweeps):
                 sweeps += 1
-                fresh, unsettled = freeze_sweep(stopped)
-                clean = not fresh and not unsettled
+                clean = freeze_sweep(stopped)
                 if clean and clean_before:
                     pass_converged = True
                     break
+                if not clean:
+                    os.sched_yield()  # let the signalled ones run into the stop
                 clean_before = clean
-                if unsettled and not fresh:
-                    os.sched_yield()  # let them run into the stop
             converged = converged and pass_converged
             targets = [run.live[pid] for pid in sorted(stopped) if pid in run.live]
             logger.info("terminate.kill", kill_pass=passes, victims=len(targets), sweeps=sweeps,

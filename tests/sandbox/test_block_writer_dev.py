@@ -2,15 +2,10 @@
 
 Every device here is made by the test over files in ``tmp_path`` and undone in fixture finalizers.
 
-Two ways to inject faults:
-
-* **device-mapper** (as in the kernel's own tests): a dm table splicing an ``error`` target (writes and reads
-  fail with EIO) or a ``zero`` target (writes vanish, reads return zeros) into a ``linear`` map of a loop
-  device. Needs a kernel with CONFIG_BLK_DEV_DM; those tests skip, saying so, where it is missing.
-* **without device-mapper**: a loop device over a file on a full, size-limited tmpfs whose only unallocated
-  range is a hole (writes there fail with ENOSPC, exactly like a bad region); and a "lost write": the bytes
-  the writer has just written are overwritten with zeros in the loop device's backing file, beneath the
-  block device's page cache, which is what a dm ``zero`` target does to them.
+Two faults are injected: a loop device over a file on a full, size-limited tmpfs whose only unallocated range
+is a hole (writes there fail with ENOSPC, exactly like a bad region); and a "lost write": the bytes the writer
+has just written are overwritten with zeros in the loop device's backing file, beneath the block device's
+page cache.
 """
 
 from __future__ import annotations
@@ -32,7 +27,6 @@ from wrtcore.errors import WriteError
 pytestmark = pytest.mark.sandbox
 
 MiB = 1 << 20
-SECTOR = 512
 BAD = 4 * MiB  # first byte of the injected fault: sectors 8192..8199
 BAD_LEN = 4096
 
@@ -68,7 +62,7 @@ def zero_at(path: str | Path, offset: int, size: int) -> None:
 
 
 class Devices:
-    """Loop devices, tmpfs mounts and dm maps made by one test, undone in reverse order."""
+    """Loop devices and tmpfs mounts made by one test, undone in reverse order."""
 
     def __init__(self, stack: contextlib.ExitStack, workdir: Path) -> None:
         self._stack = stack
@@ -95,30 +89,11 @@ class Devices:
         self._stack.callback(sh, "umount", str(path))
         return path
 
-    def dm(self, name: str, table: str) -> str:
-        probe = subprocess.run(["dmsetup", "targets"], capture_output=True, text=True, check=False)
-        if probe.returncode != 0:
-            pytest.skip("device-mapper unavailable (kernel without CONFIG_BLK_DEV_DM?): "
-                        + (probe.stderr.strip().splitlines() or ["dmsetup targets failed"])[0])
-        name = f"wrt-test-{os.getpid()}-{name}"
-        sh("dmsetup", "create", "--noudevsync", name, input=table)
-        self._stack.callback(sh, "dmsetup", "remove", "--noudevsync", "--retry", name)
-        sh("dmsetup", "mknodes", name)
-        return f"/dev/mapper/{name}"
-
 
 @pytest.fixture
 def devices(tmp_path: Path) -> Iterator[Devices]:
     with contextlib.ExitStack() as stack:
         yield Devices(stack, tmp_path)
-
-
-def spliced_table(loop: str, size: int, middle: str) -> str:
-    """A dm table: ``loop`` linearly, except sectors 8192..8199 (bytes 4 MiB..+4 KiB) mapped to ``middle``."""
-    first, bad, total = BAD // SECTOR, BAD_LEN // SECTOR, size // SECTOR
-    return (f"0 {first} linear {loop} 0\n"
-            f"{first} {bad} {middle}\n"
-            f"{first + bad} {total - first - bad} linear {loop} {first + bad}\n")
 
 
 def holed_device(devices: Devices, size: int) -> str:
@@ -183,23 +158,6 @@ def test_device_in_use_is_refused(devices: Devices) -> None:
     assert err.value.written is False
 
 
-# The fault covers bytes [4 MiB, 4 MiB + 4 KiB) and the image is written from target offset 0, so the
-# write that fails is the one of the chunk containing byte 4 MiB: it starts at 4 MiB // chunk_size *
-# chunk_size, which is 4 MiB for 1 MiB chunks and 5 * 768 KiB = 3.75 MiB for 768 KiB chunks. Everything
-# before it was written, so ``written`` is True.
-CHUNKS = [pytest.param(MiB, 4 * MiB, id="1MiB-chunks"), pytest.param(768 * 1024, 3932160, id="768KiB-chunks")]
-
-
-@pytest.mark.parametrize(("chunk_size", "expected"), CHUNKS)
-def test_write_error_from_device_mapper(devices: Devices, chunk_size: int, expected: int) -> None:
-    size = 8 * MiB
-    loop = devices.loop(devices.sparse_file("disk", size))
-    dev = devices.dm("error", spliced_table(loop, size, "error"))
-    with pytest.raises(WriteError, match="write failed: Input/output error") as err:
-        write_image(io.BytesIO(random_bytes(6 * MiB)), dev, chunk_size=chunk_size)
-    assert err.value.offset == expected and err.value.written is True
-
-
 @pytest.mark.parametrize(("chunk_size", "offset"), [
     pytest.param(MiB, 0, id="1MiB-chunks"),
     # 256 KiB + 5 * 768 KiB = 4 MiB: the sixth chunk starts at the hole. The offset is a target offset.
@@ -240,18 +198,6 @@ def test_write_error_through_the_page_cache_is_reported_at_its_sync_window(devic
     with pytest.raises(WriteError, match="write failed") as err:
         write_image(io.BytesIO(random_bytes(6 * MiB)), dev, direct=False, sync_every=MiB)
     assert err.value.offset == 4 * MiB and err.value.written is True
-
-
-def test_verify_mismatch_from_device_mapper_zero(devices: Devices) -> None:
-    size = 8 * MiB
-    loop = devices.loop(devices.sparse_file("disk", size))
-    dev = devices.dm("zero", spliced_table(loop, size, "zero"))
-    data = random_bytes(6 * MiB)
-    with pytest.raises(WriteError, match="verify mismatch") as err:
-        write_image(io.BytesIO(data), dev)
-    # The zero segment reads back as zeros: the first differing byte is the first non-zero image byte there.
-    first = BAD + next(i for i in range(BAD_LEN) if data[BAD + i])
-    assert err.value.offset == first and err.value.written is True
 
 
 @pytest.mark.parametrize("direct", [None, False])
