@@ -190,10 +190,11 @@ class Boot:
 class Device:
     """An x86 "combined" disk image on a loop device, with loop views for its two partitions."""
 
-    def __init__(self, workdir: Path, image: Path, disk_size: int | None = None) -> None:
+    def __init__(self, workdir: Path, image: Path, disk_size: int | None = None,
+                 disk_dir: Path | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.disk_file = workdir / "disk.img"
+        self.disk_file = (disk_dir or workdir) / "disk.img"
         payload = diskmod.payload_size(image)
         diskmod.sparse_copy(image, self.disk_file, disk_size)
         with open(self.disk_file, "r+b") as f:  # the trailer is not part of what a flash writes
