@@ -89,3 +89,4 @@ def done() -> None:
             os.unlink(path)
             os.sync()
             log.get().info("config archive removed", path=path)
+    log.get().info("- done -")

@@ -127,6 +127,10 @@ class Boot:
     def wait_ready(self, timeout: float = 60.0) -> Record:
         return self.wait_event("- init complete -", timeout)
 
+    def wait_done(self, timeout: float = 60.0) -> Record:
+        """The boot completed: the overlay is marked ready (changes now survive a reboot)."""
+        return self.wait_event("- done -", timeout)
+
     def wait_end(self, timeout: float = 120.0) -> Record:
         deadline = time.monotonic() + timeout
         with self._cond:

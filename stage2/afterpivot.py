@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from stage2 import release
+from stage2 import before, release
 from stage2.machine import Context, Step, run
 from stage2.report import Report, persist
 from stage2.states import State
@@ -132,6 +132,7 @@ def saving_config(ctx: Context) -> None:
 
 
 def finalizing(ctx: Context) -> None:
+    ctx.report.details["writer_peak_rss_kb"] = before.peak_rss_kb()
     ctx.report.outcome = "success"
     ctx.report.finished_at = time.time()
     syscalls.sync()

@@ -100,12 +100,25 @@ def handoff_dict(ctx: Context) -> dict[str, Any]:
 def pivoting(ctx: Context) -> None:
     plan: Plan = ctx.data["plan"]
     image: ramfs.RamfsImage = ctx.data["ramfs"]
+    ctx.report.details["pivot_at"] = time.time()
+    ctx.report.details["pid1_peak_rss_kb_before_pivot"] = peak_rss_kb()
     with open(f"{plan.prefix}/{HANDOFF}", "w") as f:
         json.dump(handoff_dict(ctx), f)
-    ctx.report.details["pivot_at"] = time.time()
     ramfs.pivot(plan.prefix)
     log_fd = os.environ.get("WRT_LOG_FD", "")
     ramfs.reexec(image, f"/{HANDOFF}", keep_fds=(int(log_fd),) if log_fd.isdigit() else ())
+
+
+def peak_rss_kb() -> int | None:
+    """VmHWM of this process (reset by exec: the writer after the pivot has its own)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def report_failure(ctx: Context) -> None:

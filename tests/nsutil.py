@@ -17,6 +17,7 @@ When B exits, the kernel kills whatever is left in its namespace.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import select
@@ -49,6 +50,7 @@ def _ns_init(fn: Callable[[], dict[str, Any]], w: int) -> None:
             syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
             syscalls.mount("proc", "/proc", "proc",
                            syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
+            faulthandler.register(signal.SIGUSR1, all_threads=True)  # the timeout path asks for a trace
             reaper = children.Reaper()
             children.install(reaper)
             result = fn()
@@ -77,7 +79,10 @@ def _intermediate(fn: Callable[[], dict[str, Any]], w: int, timeout: float) -> N
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         if not poller.poll(int(timeout * 1000)):
-            print(f"nsutil: namespace init {b} still running after {timeout}s: SIGKILL", file=sys.stderr)
+            print(f"nsutil: namespace init {b} still running after {timeout}s: traceback, then SIGKILL",
+                  file=sys.stderr)
+            signal.pidfd_send_signal(pidfd, signal.SIGUSR1)
+            poller.poll(1000)
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             # the init only becomes waitable once everything in its namespace has died
             if not poller.poll(10_000):

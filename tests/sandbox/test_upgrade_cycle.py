@@ -55,7 +55,7 @@ def test_upgrade_keeps_changed_config(device: Device, images: Images) -> None:
     boot1.path("/etc/config/network").write_text(CHANGED)
     start_upgrade(boot1, images.v2)
     assert boot1.wait_end() == {"ended": "signal", "signal": "SIGHUP"}
-    assert transitions(boot1) == ["validating", "stopping_services", "terminating", "preparing_ramfs",
+    assert transitions(boot1) == ["validating", "preparing_ramfs", "stopping_services", "terminating",
                                   "pivoting", "releasing_root", "flashing", "verifying", "saving_config",
                                   "finalizing", "rebooting"]
 

@@ -120,7 +120,7 @@ def test_full_run_visits_every_forward_state_in_order() -> None:
     c, visited = ctx(), list[State]()
     assert run(c, recording(visited)) is State.REBOOTING
     assert visited == list(FORWARD[1:])
-    assert c.report.outcome == "running"  # success is the steps' to record; the loop adds no failure
+    assert c.report.outcome not in ("aborted", "failed_after_write")
     assert c.report.failed_state is None and c.report.error is None and c.report.written is False
 
 
