@@ -14,10 +14,43 @@ def _read(path: str) -> str:
         return ""
 
 
+_VENDOR_PLACEHOLDERS = re.compile(
+    r"^(empty|Default [sS]tring|System manufacturer|To [bB]e [fF]illed [bB]y O\.E\.M\.)$")
+_PRODUCT_PLACEHOLDERS = re.compile(
+    r"^(empty|Default [sS]tring|System Product Name|To [bB]e [fF]illed [bB]y O\.E\.M\.)$")
+
+
 def dmi_name(vendor: str, product: str) -> str:
-    """x86's 01_sysinfo: "vendor product", lower-cased, anything outside [a-z0-9_-] becomes '-'."""
-    text = f"{vendor.strip()} {product.strip()}".strip().lower()
-    return re.sub(r"[^a-z0-9_-]", "-", text) if text else "generic"
+    """x86's board name: "vendor product" lower-cased, each run of characters outside [a-z0-9_-]
+    turned into one '-', no '-' at either end."""
+    text = f"{vendor.strip()} {product.strip()}".lower()
+    return re.sub(r"[^a-z0-9_-]+", "-", text).strip("-") or "generic"
+
+
+def _dmi_pick(dmi: str) -> tuple[str, str] | None:
+    """Vendor and product as x86's 01_sysinfo picks them: the system fields, or the board fields when
+    the system ones are missing or firmware placeholders."""
+    vendor = product = ""
+    for name in ("sys_vendor", "board_vendor"):
+        value = _read(f"{dmi}/{name}").strip()
+        if _VENDOR_PLACEHOLDERS.match(value):
+            vendor = "Unknown vendor"
+            continue
+        if value:
+            vendor = value
+            break
+    for name in ("product_name", "board_name"):
+        value = _read(f"{dmi}/{name}").strip()
+        if vendor and _PRODUCT_PLACEHOLDERS.match(value):
+            product = "Unknown product"
+            continue
+        if vendor == "PC Engines" and value == "APU":
+            product = "apu1"
+            break
+        if value:
+            product = value
+            break
+    return (vendor, product) if vendor and product else None
 
 
 def board_name(sys_root: str = "/") -> tuple[str, str]:
@@ -26,10 +59,10 @@ def board_name(sys_root: str = "/") -> tuple[str, str]:
     if dt:
         model = _read(os.path.join(sys_root, "proc/device-tree/model")).rstrip("\0")
         return dt.split("\0")[0], model or dt.split("\0")[0]
-    dmi = os.path.join(sys_root, "sys/class/dmi/id")
-    vendor, product = _read(f"{dmi}/sys_vendor"), _read(f"{dmi}/product_name")
-    if vendor or product:
-        return dmi_name(vendor, product), f"{vendor.strip()} {product.strip()}".strip()
+    picked = _dmi_pick(os.path.join(sys_root, "sys/class/dmi/id"))
+    if picked:
+        model = f"{picked[0]} {picked[1]}"
+        return dmi_name(*picked), model
     return "generic", "generic"
 
 

@@ -66,11 +66,11 @@ class Stage2:
         )
 
     def _finalize(self, event: EventData) -> None:
+        if not event.result or event.transition is None:
+            return  # a refused trigger changes nothing: no timeline entry, no timer restart
         now = time.monotonic()
-        src = event.transition.source if event.transition else None
+        src = State[event.transition.source].value
         dst = self.state.value
-        if src == dst:
-            return
         duration = round(now - self._entered_at, 4)
         self._entered_at = now
         self.ctx.report.timeline.append({"state": dst, "from": src, "t": round(time.time(), 4),

@@ -265,7 +265,8 @@ def test_fork_bomb_with_fast_churn_converges() -> None:
           f"freeze+kill {rep['kill_seconds']}s, sweeps {rep['stop_sweeps']}, passes {rep['kill_passes']}, "
           f"killed {rep['killed']}, ended after TERM {rep['terminated']}, vanished {rep['vanished']}, "
           f"converged {rep['converged']}")
-    print(f"survivors: {[(x['pid'], x['name'], x['state']) for x in rep['survivors']]}; after: {res['after']}")
+    survivors = [(x["pid"], x["name"], x["state"]) for x in rep["survivors"]]
+    print(f"survivors: {survivors}; after: {res['after']}")
     assert res["churning"]
     assert rep["ok"] and rep["converged"]
     assert res["after"] == []

@@ -261,11 +261,9 @@ def test_a_failing_reboot_step_is_not_swallowed() -> None:
     assert c.report.failed_state is None
 
 
-# --- known defects (xfail strict: they flip to failures once fixed, then drop the marker) ----------------
+# --- the timeline: refused triggers leave no trace, entries chain by state value -----------------
 
 
-@pytest.mark.xfail(strict=True, reason="Stage2._finalize appends a timeline entry (from=None, state=current) "
-                   "and resets the state's start time for a trigger the machine refused")
 def test_refused_trigger_leaves_the_timeline_alone() -> None:
     c = ctx()
     model = Stage2(c, initial=State.ABORTED)
@@ -274,8 +272,6 @@ def test_refused_trigger_leaves_the_timeline_alone() -> None:
     assert c.report.timeline == []
 
 
-@pytest.mark.xfail(strict=True, reason="timeline 'from' is the transitions state name (e.g. 'IDLE') while "
-                   "'state' is the enum value ('validating'): the two do not match")
 def test_timeline_from_names_the_previous_entry() -> None:
     c = ctx()
     run(c, {})

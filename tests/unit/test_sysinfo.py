@@ -88,13 +88,9 @@ def test_write_puts_board_name_and_model_in_sysinfo(tmp_path: Path) -> None:
     assert (tmp_path / "sysinfo/model").read_text() == expected_model + "\n"
 
 
-# --- known defects (xfail strict: they flip to failures once fixed, then drop the marker) ----------------
+# --- OpenWrt's x86 naming: sanitizing and firmware placeholders ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dmi_name replaces every character outside [a-z0-9_-] with '-', but OpenWrt's x86 01_sysinfo "
-    "(sanitize_name_x86: s/[^a-z0-9_-]\\+/-/g; s/^-//; s/-$//) collapses runs and trims the ends, so "
-    "board names (an interface: /tmp/sysinfo/board_name, fwtool supported_devices) differ from OpenWrt's"))
 @pytest.mark.parametrize(("vendor", "product", "name"), [
     ("QEMU", "Standard PC (Q35 + ICH9, 2009)", "qemu-standard-pc-q35-ich9-2009"),
     ("QEMU", "Standard PC (i440FX + PIIX, 1996)", "qemu-standard-pc-i440fx-piix-1996"),
@@ -103,9 +99,6 @@ def test_dmi_name_matches_openwrts_sanitize(vendor: str, product: str, name: str
     assert dmi_name(vendor, product) == name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "board_name takes DMI placeholders ('To be filled by O.E.M.', 'Default string', 'System manufacturer') "
-    "at face value; OpenWrt's 01_sysinfo skips them and falls back to board_vendor/board_name"))
 def test_dmi_placeholders_fall_back_to_the_board_fields(tmp_path: Path) -> None:
     dmi(tmp_path, sys_vendor="To be filled by O.E.M.\n", product_name="Default string\n",
         board_vendor="Qotom\n", board_name="Q355G4\n")
