@@ -118,6 +118,22 @@ class Boot:
                                        + "\n".join(self.console[-30:]))
                 self._cond.wait(left)
 
+    def wait_console(self, text: str, timeout: float = 60.0) -> str:
+        """A console line containing ``text``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.console[seen:]:
+                    if text in line:
+                        return line
+                seen = len(self.console)
+                left = deadline - time.monotonic()
+                if self.ended is not None or left <= 0:
+                    raise TimeoutError(f"boot {self.number}: no console line with {text!r}\n"
+                                       + "\n".join(self.console[-30:]))
+                self._cond.wait(left)
+
     def wait_event(self, event: str, timeout: float = 60.0, **fields: Any) -> Record:
         def match(r: Record) -> bool:
             return r.get("event") == event and all(r.get(k) == v for k, v in fields.items())

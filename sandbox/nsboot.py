@@ -51,7 +51,11 @@ def boot_child(root_dev: str, cmdline: str) -> None:
         for key in ("WRT_FAULT_STATE",):
             if key in os.environ:
                 env[key] = os.environ[key]
-        os.execve("/sbin/init", ["/sbin/init"], env)
+        init = "/sbin/init"
+        for token in cmdline.split():  # the kernel's init= parameter
+            if token.startswith("init="):
+                init = token[5:]
+        os.execve(init, [init], env)
     except BaseException as exc:  # report and end this namespace
         os.write(2, f"nsboot: {exc}\n".encode())
     os._exit(127)

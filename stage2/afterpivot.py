@@ -21,7 +21,7 @@ from stage2.machine import Context, Step, run
 from stage2.report import Report, persist
 from stage2.states import State
 from stage2.writers import block
-from wrtcore import blockdev, log, power, syscalls
+from wrtcore import blockdev, log, power, syscalls, watchdog
 from wrtcore.errors import UpgradeError
 
 JOURNAL = "/tmp/upgrade-journal.jsonl"
@@ -178,7 +178,9 @@ def main(handoff: str) -> None:
                       report=Report.from_dict(data["report"]), fault_state=data["fault_state"],
                       requested_at=data["requested_at"])
         ctx.data["plan"] = data["plan"]
-        log.get().info("resumed from ramfs", pid=os.getpid(), python=sys.executable)
+        keeper = watchdog.adopt(dict(os.environ)) if "WDTFD" in os.environ else None
+        log.get().info("resumed from ramfs", pid=os.getpid(), python=sys.executable,
+                       watchdog=keeper.fd if keeper else None)
         run(ctx, steps(), initial=State.PIVOTING)
     except BaseException:
         with contextlib.suppress(Exception):

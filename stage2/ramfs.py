@@ -185,7 +185,7 @@ def reexec(image: RamfsImage, handoff: str, keep_fds: tuple[int, ...] = ()) -> N
     """exec the ramfs interpreter running the post-pivot entry point (never returns on success)."""
     for fd in keep_fds:
         os.set_inheritable(fd, True)
-    env = {k: v for k, v in os.environ.items() if k in ("WRT_LOG_FD", "PATH", "TERM")}
+    env = {k: v for k, v in os.environ.items() if k in ("WRT_LOG_FD", "WDTFD", "PATH", "TERM")}
     code = bootstrap(image, f"m.main({handoff!r})")
     sys.stdout.flush()
     sys.stderr.flush()

@@ -8,10 +8,17 @@ Two halves, as everywhere in stage2:
   hard-coded (OpenWrt's stage2 ``killall -9 telnetd dropbear ash`` and its keep list are gone).
 
 * **Executor** (``terminate_all``, PID 1 only): one SIGTERM pass, then a wait on exit events (pidfds,
-  polled with a deadline, reaping as PID 1 must), then rounds of *freeze and kill*: SIGSTOP sweeps over
-  fresh snapshots until a sweep finds nobody new (so a fork bomb cannot outrun us: stopped processes
-  do not fork), SIGKILL to every stopped victim, SIGCONT, and a wait on their pidfds. No fixed sleeps
+  polled with a deadline, reaping as PID 1 must), then rounds of *freeze and kill*: SIGSTOP sweeps
+  over ``/proc`` until the freeze is complete (stopped processes do not fork, so a fork bomb
+  converges), SIGKILL to every stopped victim, SIGCONT, and a wait on their pidfds. No fixed sleeps
   (OpenWrt sleeps 4 s, then 2 s per kill, and gives up after 10 passes); every wait is an upper bound.
+
+  Three things make the freeze hold against a churning fork bomb (each was needed in the tests):
+  a sweep signals each process as soon as it has read its ``stat`` (no ``cmdline`` read: that waits
+  on the target's mmap lock while it forks); the freeze is complete only after two consecutive clean
+  sweeps (nothing new, every signalled victim seen stopped, nothing vanished between listing and
+  reading), because a stop does not interrupt a ``fork()`` in progress; and the executing thread
+  runs at nice -20 meanwhile, or fifty runnable bomb processes starve it to seconds per sweep.
 
 What survives is reported; survivors in uninterruptible sleep (state ``D``) are ``unkillable``, and the
 stage2 machine must abort before writing anything when that list is not empty.
@@ -33,11 +40,10 @@ from typing import Any
 
 from wrtcore import children, log
 from wrtcore.errors import NotPid1
+from wrtcore.namespaces import in_initial_pid_namespace
 
 PF_KTHREAD = 0x00200000
 KTHREADD_PID = 2
-#: Inode of the initial PID namespace (include/linux/proc_ns.h), as /proc/self/ns/pid shows it.
-PROC_PID_INIT_INO = 0xEFFFFFFC
 #: States that are not a running process: zombie, dead.
 GONE_STATES = frozenset({"Z", "X", "x"})
 #: A signalled victim in these states runs no user code, so it cannot be inside a fork that returns:
@@ -75,14 +81,6 @@ def parse_stat(text: str) -> tuple[int, str, str, int, int]:
 def is_kernel_thread(flags: int) -> bool:
     """The kernel's own mark on its threads (``PF_KTHREAD`` in ``/proc/<pid>/stat`` field 9)."""
     return bool(flags & PF_KTHREAD)
-
-
-def in_initial_pid_namespace() -> bool:
-    """True on the real machine; False inside a PID namespace, where pid 2 is an ordinary process."""
-    try:
-        return os.readlink("/proc/self/ns/pid") == f"pid:[{PROC_PID_INIT_INO}]"
-    except OSError:
-        return True
 
 
 def read_process(pid: int, proc: str = "/proc", *, cmdline: bool = True) -> ProcessInfo | None:

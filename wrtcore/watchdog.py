@@ -13,6 +13,8 @@ import os
 import struct
 import threading
 
+from wrtcore.namespaces import in_initial_pid_namespace
+
 WDIOC_SETTIMEOUT = 0xC0045706
 WDIOC_KEEPALIVE = 0x80045705
 
@@ -46,11 +48,17 @@ class Keeper:
 
 
 def adopt(environ: dict[str, str]) -> Keeper | None:
-    """Take the watchdog handed over in ``WDTFD`` (kept inheritable), else open /dev/watchdog."""
+    """Take the watchdog handed over in ``WDTFD`` (kept inheritable), else open /dev/watchdog.
+
+    /dev/watchdog is opened only by the init of the initial PID namespace (a real machine or a VM):
+    inside a PID namespace (the sandbox device) it is the host's watchdog, not ours to arm.
+    """
     wdt = environ.get("WDTFD", "")
     if wdt.isdigit():
         fd = int(wdt)
     else:
+        if not in_initial_pid_namespace():
+            return None
         try:
             fd = os.open("/dev/watchdog", os.O_WRONLY)
         except OSError:

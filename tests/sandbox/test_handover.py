@@ -1,0 +1,54 @@
+"""upgraded under a real-procd-like PID 1: procd's exec contract, end to end on the sandbox device.
+
+A stand-in for procd (``/usr/share/demo/procd-standin.sh``, booted with the kernel's ``init=``) mounts
+the early filesystems, runs preinit and, when told, execs ``/sbin/upgraded <path> <command>`` with
+``UPGRADE_BACKUP`` and ``UPGRADE_OPT_*`` in the environment, as procd's sysupgrade_exec_upgraded does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from sandbox.device import Device
+from sandbox.images import Images
+
+pytestmark = pytest.mark.sandbox
+
+CONFIG = "config interface 'lan'\n\toption ipaddr '172.16.5.1'\n"
+
+
+def config_archive(path: Path) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        data = CONFIG.encode()
+        info = tarfile.TarInfo("etc/config/network")
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+
+def test_procd_exec_contract_upgrades_and_keeps_the_backup(device: Device, images: Images) -> None:
+    boot1 = device.boot("init=/usr/share/demo/procd-standin.sh")
+    boot1.wait_console("procd-standin: waiting")
+    shutil.copyfile(images.v2, boot1.path("/tmp/sysupgrade.img"))
+    config_archive(boot1.path("/tmp/sysupgrade.tgz"))
+    with open(boot1.path("/tmp/procd-exec-upgraded"), "w") as fifo:
+        fifo.write("go\n")
+    assert boot1.wait_end() == {"ended": "signal", "signal": "SIGHUP"}
+    states = [r["state"] for r in boot1.records if r.get("event") == "transition"]
+    assert states[0] == "validating", states
+    assert "flashing" in states, states
+    assert states[-1] == "rebooting", states
+
+    boot2 = device.boot()
+    boot2.wait_ready()
+    assert boot2.path("/etc/openwrt_version").read_text().strip() == "2.0"
+    assert boot2.path("/etc/config/network").read_text() == CONFIG
+    report = json.loads(boot2.path("/tmp/log/last-upgrade.json").read_text())
+    assert report["outcome"] == "success" and report["config_kept"] is True
+    assert report["services"] == []  # procd stopped its services itself; upgraded had none
