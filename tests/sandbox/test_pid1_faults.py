@@ -112,3 +112,55 @@ def test_write_error_is_reported_with_its_offset(images: Images, tmpfs_dir: Path
 def test_write_error_class_carries_offset() -> None:
     err = WriteError("write failed: Input/output error", offset=4096, written=True)
     assert err.offset == 4096 and err.written and "at offset 4096" in str(err)
+
+
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+_IOCTL = "import fcntl, os, sys; fd = os.open('/boot', os.O_RDONLY); fcntl.ioctl(fd, int(sys.argv[1]), 0)"
+
+
+def test_unkillable_process_aborts_before_writing(device: Device, images: Images) -> None:
+    """A process in uninterruptible sleep (writing to a frozen filesystem) survives SIGKILL: the
+    upgrade aborts before anything is written and the report names it."""
+    boot1 = device.boot()
+    boot1.wait_done()
+    root_before = _root_digest(device)
+    frozen = boot1.run(["python3", "-c", _IOCTL, str(FIFREEZE)])
+    assert frozen.returncode == 0, frozen.stderr
+    try:
+        started = boot1.run(["sh", "-c", "setsid sh -c 'echo stuck > /boot/stuck' </dev/null >/dev/null 2>&1"
+                             " & echo $!"])
+        nspid = int(started.stdout.strip())
+        state = boot1.run(["sh", "-c", f"cut -d' ' -f3 /proc/{nspid}/stat"]).stdout.strip()
+        assert state == "D", f"the writer should be in uninterruptible sleep, is {state!r}"
+        start_upgrade(boot1, images.v2)
+        boot1.wait_event("transition", state="aborted", timeout=120)
+    finally:
+        boot1.run(["python3", "-c", _IOCTL, str(FITHAW)])
+    assert boot1.wait_end()["signal"] == "SIGHUP"
+    failed = [r for r in boot1.records if r.get("event") == "step failed"]
+    assert [r["state"] for r in failed] == ["terminating"]
+    assert "uninterruptible" in failed[0]["error"] and "(sh, state D)" in failed[0]["error"]
+    assert failed[0]["written"] is False
+    assert not any(r.get("event") == "transition" and r.get("state") == "flashing" for r in boot1.records)
+    assert _root_digest(device) == root_before, "the root partition's squashfs must be untouched"
+
+    boot2 = device.boot()
+    boot2.wait_ready()
+    assert boot2.path("/etc/openwrt_version").read_text().strip() == "1.0"
+    report = json.loads(boot2.path("/tmp/log/last-upgrade.json").read_text())
+    assert report["outcome"] == "aborted" and report["written"] is False
+    assert f"{nspid} (sh, state D)" in report["error"]
+
+
+def _root_digest(device: Device) -> str:
+    """sha256 of the squashfs at the start of the root partition, read from the disk file."""
+    import hashlib
+
+    from wrtcore import blockdev, partitions
+
+    start = next(e.start for e in partitions.read_table(str(device.disk_file)) if e.number == 2)
+    size = blockdev.squashfs_bytes_used(str(device.disk_file), start)
+    with open(device.disk_file, "rb") as f:
+        f.seek(start)
+        return hashlib.sha256(f.read(size)).hexdigest()
