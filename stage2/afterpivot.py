@@ -7,7 +7,6 @@ to decide what goes into the ramfs, so a lazy import here would be missing after
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -82,11 +81,7 @@ def _flush_partitions(disk: str) -> None:
     """The whole-disk write bypassed the partitions' caches: drop them and re-read the table."""
     for part in blockdev.partitions(disk):
         with contextlib.suppress(OSError):
-            fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(fd, 0x1261)  # BLKFLSBUF
-            finally:
-                os.close(fd)
+            blockdev.flush_buffers(part)
     try:
         blockdev.reread_partitions(disk)
     except OSError as exc:

@@ -356,22 +356,7 @@ class _Run:
 
 def _reap_function() -> Callable[[], list[tuple[int, int]]]:
     reaper = children.installed()
-    if reaper is not None:
-        return reaper.reap
-
-    def reap_all() -> list[tuple[int, int]]:
-        reaped: list[tuple[int, int]] = []
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            reaped.append((pid, status))
-        return reaped
-
-    return reap_all
+    return reaper.reap if reaper is not None else children.reap_exited
 
 
 def _raise_fd_limit() -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import struct
 
-from wrtcore import loop
+from wrtcore import ioctl, loop
 from wrtcore import partitions as partitions_mod
 
 BLKRRPART = 0x125F
+BLKFLSBUF = 0x1261
 BLKGETSIZE64 = 0x80081272
 
 
@@ -37,20 +37,17 @@ def partition(disk: str, number: int) -> str:
 
 
 def size(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
-        return int(struct.unpack("Q", buf)[0])
-    finally:
-        os.close(fd)
+    return int(struct.unpack("Q", ioctl.on_path(path, BLKGETSIZE64, b"\0" * 8))[0])
 
 
 def reread_partitions(disk: str) -> None:
-    fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, BLKRRPART)
-    finally:
-        os.close(fd)
+    ioctl.on_path(disk, BLKRRPART)
+
+
+def flush_buffers(path: str) -> None:
+    """BLKFLSBUF: write back and drop the device's buffer cache (a partition's cache does not see
+    what was written through the whole disk)."""
+    ioctl.on_path(path, BLKFLSBUF)
 
 
 def family(disk: str) -> set[int]:

@@ -69,13 +69,11 @@ class Reaper:
         reaped: list[tuple[int, int]] = []
         while True:
             with self._lock:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
+                got = _waitpid_any()
+                if got is None:
                     break
-                if pid == 0:
-                    break
-                reaped.append((pid, status))
+                pid, status = got
+                reaped.append(got)
                 waiter = self._waiters.get(pid)
                 callback = self._callbacks.pop(pid, None)
                 if waiter is not None:
@@ -87,6 +85,22 @@ class Reaper:
                 with contextlib.suppress(Exception):
                     callback(pid, status)
         return reaped
+
+
+def _waitpid_any() -> tuple[int, int] | None:
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return None if pid == 0 else (pid, status)
+
+
+def reap_exited() -> list[tuple[int, int]]:
+    """Collect every exited child, for a PID 1 without a Reaper (nobody else waits for them)."""
+    reaped: list[tuple[int, int]] = []
+    while (got := _waitpid_any()) is not None:
+        reaped.append(got)
+    return reaped
 
 
 _installed: Reaper | None = None

@@ -8,6 +8,8 @@ import fcntl
 import os
 from dataclasses import dataclass
 
+from wrtcore import ioctl
+
 LOOP_SET_FD = 0x4C00
 LOOP_CLR_FD = 0x4C01
 LOOP_SET_STATUS64 = 0x4C04
@@ -94,11 +96,7 @@ def set_autoclear(path: str) -> None:
 
 def detach(path: str) -> None:
     """LOOP_CLR_FD. On a busy device the kernel turns this into autoclear-on-last-close."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, LOOP_CLR_FD)
-    finally:
-        os.close(fd)
+    ioctl.on_path(path, LOOP_CLR_FD)
 
 
 @dataclass(frozen=True)
