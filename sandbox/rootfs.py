@@ -25,10 +25,6 @@ PACKAGES = ("wrtcore", "upgraded", "stage2", "preinit", "sysupgrade", "sandbox")
 DISTRIBUTION = "owrt-upgrade"
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
                "pydoc_data", "unittest", "distutils"}
-LAUNCHERS = {
-    "sbin/init": "upgraded.cli", "sbin/upgraded": "upgraded.cli", "sbin/preinit": "preinit.cli",
-    "sbin/sysupgrade": "sysupgrade.cli",
-}
 BUSYBOX = "/bin/busybox"
 
 
@@ -128,8 +124,6 @@ def build_base(root: Path) -> None:
         os.symlink("mke2fs", root / "sbin/mkfs.ext4")
     _install_busybox(root)
     _skeleton(root, python)
-    for rel, module in LAUNCHERS.items():
-        _launcher(root / rel, module)
     shutil.copytree(REPO / "rootfs-overlay", root, symlinks=True, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
     run.run(["python3", "-m", "compileall", "-q", "-j0", str(site)], check=False)
@@ -159,12 +153,6 @@ def _skeleton(root: Path, python: str) -> None:
     (root / "etc/group").write_text("root:x:0:\ndaemon:x:1:\n")
     (root / "etc/shadow").write_text("root:::0:99999:7:::\ndaemon:*:0:0:99999:7:::\n")
     os.chmod(root / "etc/shadow", 0o600)
-
-
-def _launcher(path: Path, module: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#!/usr/bin/python3\nfrom {module} import entry\nentry()\n")
-    path.chmod(0o755)
 
 
 def add_version(root: Path, version: str, extra: dict[str, str] | None = None) -> None:

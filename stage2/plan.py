@@ -56,6 +56,10 @@ class Plan:
 def plan_upgrade(*, image: str, image_size: int, payload_length: int, target: Target,
                  backup: str | None, backup_exists: bool, env: dict[str, str],
                  target_devs: frozenset[int] = frozenset()) -> Plan:
+    for what, path in (("image", image), ("backup archive", backup)):
+        if path and not os.path.normpath(path).startswith("/tmp/"):
+            raise InvalidInput(f"{what} {path} is not under /tmp",
+                               hint="only /tmp moves into the RAM root; the rest is gone after the pivot")
     if image_size <= 0 or payload_length <= 0:
         raise InvalidInput(f"image {image} is empty")
     if payload_length > target.size:

@@ -83,8 +83,12 @@ class Init:
             log.get().warning("signal ignored during upgrade", signal=name)
             return
         if not self.shutting_down.is_set():
-            log.get().info("signal received, rebooting", signal=name)
-            threading.Thread(target=self.reboot, name="shutdown", daemon=True).start()
+            # procd's meaning: SIGUSR1 halts, SIGUSR2 powers off, SIGTERM/SIGINT reboot
+            cmd = {signal.SIGUSR1: syscalls.LINUX_REBOOT_CMD_HALT,
+                   signal.SIGUSR2: syscalls.LINUX_REBOOT_CMD_POWER_OFF}.get(signal.Signals(signo),
+                                                                         syscalls.LINUX_REBOOT_CMD_RESTART)
+            log.get().info("signal received, shutting down", signal=name)
+            threading.Thread(target=self.reboot, args=(cmd,), name="shutdown", daemon=True).start()
 
     def install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -199,15 +203,16 @@ class Init:
     def start_upgrade(self, req: UpgradeRequest) -> None:
         self._run_upgrade(req.path, req.backup, dict(req.env), req.command)
 
-    def reboot(self) -> None:
-        """An ordinary reboot: stop services, end every process, sync, reboot(2)."""
+    def reboot(self, cmd: int = syscalls.LINUX_REBOOT_CMD_RESTART) -> None:
+        """An ordinary shutdown: stop services, end every process, sync, reboot(2) with ``cmd``."""
         self.shutting_down.set()
+        log.get().info("- shutdown -")
         try:
             self._stop_services()
-            terminate.terminate_all(spare=set())
+            terminate.terminate_all(spare=set(), term_timeout=1.0)
         except Exception:
             log.get().error("shutdown error", traceback=traceback.format_exc())
-        power.reboot("reboot requested")
+        power.reboot("shutdown requested", cmd)
 
 
 def main_init() -> None:

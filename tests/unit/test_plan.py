@@ -56,6 +56,15 @@ def test_image_larger_than_target_is_invalid_input() -> None:
     assert err.value.exit_code == EXIT_INVALID
 
 
+@pytest.mark.parametrize(("field", "path"), [
+    ("image", "/overlay/fw.img"), ("image", "/tmp/../etc/fw.img"), ("backup", "/root/sysupgrade.tgz"),
+])
+def test_files_outside_tmp_are_refused(field: str, path: str) -> None:
+    """Only /tmp moves into the RAM root: stage2 could not read anything else after the pivot."""
+    with pytest.raises(InvalidInput, match="is not under /tmp"):
+        upgrade(**{field: path})
+
+
 def test_image_exactly_the_target_size_fits() -> None:
     assert upgrade(payload_length=64 * MiB).payload_length == 64 * MiB
 
