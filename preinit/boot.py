@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Callable
 
-from preinit import mount_root, restore, sysinfo
+from preinit import failsafe, mount_root, restore, sysinfo
 from wrtcore import cmdline, log
 
 LAST_REPORT = "/tmp/log/last-upgrade.json"  # /var/log/last-upgrade.json, /var -> /tmp
@@ -57,17 +57,32 @@ def hook_publish_report(state: dict[str, object]) -> None:
                    failed_state=report.get("failed_state"), written=report.get("written"))
 
 
-# preinit_main order (names as OpenWrt's /lib/preinit files sort them)
+# preinit_main order, named after OpenWrt's /lib/preinit files; inside 80_mount_root (do_mount_root)
+# come the preinit_mount_root hooks (x86's 79_move_config) and then the config restore.
 HOOKS: tuple[tuple[str, Hook], ...] = (
     ("02_sysinfo", hook_sysinfo),
     ("80_mount_root", hook_mount_root),
-    ("79_move_config", hook_move_config),   # x86: a preinit_mount_root hook, run inside do_mount_root
-    ("80_restore_config", hook_restore_config),
-    ("90_publish_report", hook_publish_report),
+    ("80_mount_root/79_move_config", hook_move_config),
+    ("80_mount_root/config_restore", hook_restore_config),
+    ("90_last_upgrade_report", hook_publish_report),
 )
 
 
-def run_hooks(hooks: tuple[tuple[str, Hook], ...] = HOOKS) -> dict[str, object]:
+def hook_failsafe_wait(state: dict[str, object]) -> None:
+    state["failsafe"] = True
+    state["handover"] = failsafe.wait_for_upgrade()
+
+
+# failsafe: no overlay, no config restore; wait for an upgrade handed over in /tmp/sysupgrade
+FAILSAFE_HOOKS: tuple[tuple[str, Hook], ...] = (
+    ("02_sysinfo", hook_sysinfo),
+    ("40_run_failsafe_hook", hook_failsafe_wait),
+)
+
+
+def run_hooks(hooks: tuple[tuple[str, Hook], ...] | None = None) -> dict[str, object]:
+    if hooks is None:
+        hooks = FAILSAFE_HOOKS if failsafe.requested() else HOOKS
     state: dict[str, object] = {"ran": []}
     ran: list[str] = []
     for name, hook in hooks:

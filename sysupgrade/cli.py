@@ -275,6 +275,20 @@ def write_failsafe_handover(image_path: str, root: str) -> None:
     os.replace(tmp, target)  # the watcher never sees half a file
 
 
+def wake_failsafe(root: str) -> bool:
+    """OpenWrt unlocks /tmp/.failsafe so that preinit, waiting in failsafe, goes on to the upgrade.
+    Here it is a FIFO preinit reads: one line wakes it. False when nobody waits on it."""
+    try:
+        fd = os.open(paths.rooted(paths.FAILSAFE_LOCK, root), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENOENT: not in failsafe preinit; ENXIO: no reader
+        return False
+    try:
+        os.write(fd, b"sysupgrade\n")
+    finally:
+        os.close(fd)
+    return True
+
+
 # --- the bus -------------------------------------------------------------------------------------
 
 
@@ -420,6 +434,7 @@ def upgrade(opts: Options, root: str, console: Console) -> int:
     console.info("Commencing upgrade. Closing all shell sessions.")
     if os.environ.get("FAILSAFE"):
         write_failsafe_handover(image_path, root)
+        wake_failsafe(root)
         return EXIT_OK
     return request_upgrade(socket_path(root), build_request(image_path, opts), console)
 

@@ -26,6 +26,7 @@ IMAGE_COPY = "/tmp/sysupgrade.img"
 RAM_ROOT = "/tmp/root"  # RAM_ROOT in common.sh
 STAGE2_COMMAND = "/lib/upgrade/do_stage2"  # COMMAND in sysupgrade
 FAILSAFE_HANDOVER = "/tmp/sysupgrade"
+FAILSAFE_LOCK = "/tmp/.failsafe"  # preinit waits on it in failsafe (a FIFO here, a lock file in OpenWrt)
 UPGRADED_SOCKET = "/var/run/upgraded.sock"
 
 

@@ -52,3 +52,27 @@ def test_procd_exec_contract_upgrades_and_keeps_the_backup(device: Device, image
     report = json.loads(boot2.path("/tmp/log/last-upgrade.json").read_text())
     assert report["outcome"] == "success" and report["config_kept"] is True
     assert report["services"] == []  # procd stopped its services itself; upgraded had none
+
+
+def test_failsafe_handover_file_starts_the_upgrade(device: Device, images: Images) -> None:
+    """failsafe= on the command line: preinit skips the overlay and waits; sysupgrade with FAILSAFE
+    set writes /tmp/sysupgrade (three NUL-separated fields) and wakes it; the init then runs stage2
+    from that file, keeping /tmp/sysupgrade.tgz (OpenWrt drops it there)."""
+    boot1 = device.boot("failsafe=1")
+    boot1.wait_console("- failsafe -")
+    assert boot1.run(["hostname"]).stdout.strip() == "OpenWrt-failsafe"
+    assert not boot1.path("/overlay/upper").exists(), "no overlay in failsafe"
+    shutil.copyfile(images.v2, boot1.path("/tmp/sysupgrade.img"))
+    res = boot1.run(["sysupgrade", "/tmp/sysupgrade.img"], env={"FAILSAFE": "1"})
+    assert res.returncode == 0, res.stderr
+    assert boot1.wait_end() == {"ended": "signal", "signal": "SIGHUP"}
+    handed = [r for r in boot1.records if r.get("event") == "failsafe upgrade requested"]
+    assert [(r["image"], r["backup"]) for r in handed] == [("/tmp/sysupgrade.img", "/tmp/sysupgrade.tgz")]
+
+    boot2 = device.boot()
+    boot2.wait_ready()
+    assert boot2.path("/etc/openwrt_version").read_text().strip() == "2.0"
+    report = json.loads(boot2.path("/tmp/log/last-upgrade.json").read_text())
+    assert report["outcome"] == "success" and report["config_kept"] is True
+    # the archive made in failsafe came back: its synthetic first member is restored
+    assert boot2.path("/etc/uci-defaults/10_disable_services").exists()
