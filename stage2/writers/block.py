@@ -10,16 +10,19 @@ honest about errors:
   an I/O error comes back from the ``pwrite`` of the chunk that failed instead of surfacing later from
   ``fsync`` with no offset. Without ``O_DIRECT`` (``direct=False``, unaligned offset or chunk size, or a
   filesystem that refuses it) the writer syncs every ``sync_every`` bytes and an error is reported at the
-  first byte of the unsynced window. A thread does the writes while the caller's thread reads, inflates
-  and hashes the next chunk, so the device is kept busy.
-* **Verified.** Each chunk's sha256 is kept (32 bytes per chunk). After ``fsync`` the target's cached
-  pages are dropped (``POSIX_FADV_DONTNEED``, and ``BLKFLSBUF`` on block devices) and the target is read
-  back (``O_DIRECT`` when the write used it) and hashed chunk by chunk. The first chunk whose hash differs
-  is the mismatch; when the source can be re-read (seekable) that chunk is regenerated and compared byte
-  by byte to report the exact first differing byte.
+  first byte of the unsynced window. A thread does the writes while the caller's thread reads (and, for
+  a compressed or streamed image, inflates and hashes) the next chunk, so the device is kept busy.
+* **Verified.** After ``fsync`` the target's cached pages are dropped (``POSIX_FADV_DONTNEED``, and
+  ``BLKFLSBUF`` on block devices) and the target is read back (``O_DIRECT`` when the write used it).
+  A plain image in a seekable file (stage2's /tmp/sysupgrade.img) is compared with the file itself,
+  byte for byte, and the first differing byte is reported: no hashing while writing, which on two cores
+  would cost as much as the write. A compressed or non-seekable image keeps a sha256 per chunk (32 bytes
+  each) and the read-back is hashed; the first chunk whose hash differs is the mismatch, narrowed to its
+  first differing byte when the source can be re-read.
 
-``WriteReport.digest`` is the sha256 of the concatenated per-chunk sha256 digests (a hash list over
-``chunk_size`` pieces of the image, as written), so it depends on ``chunk_size``.
+``WriteReport.digest`` is then the sha256 of the concatenated per-chunk sha256 digests (a hash list over
+``chunk_size`` pieces of the image, as written), so it depends on ``chunk_size``; it is None when the
+image was compared with its source.
 
 Errors: bad arguments, an unusable source or target, or an empty image raise ``InvalidInput``; nothing is
 written. Everything else raises ``WriteError``: ``offset`` is a byte offset in the target (for a failed
@@ -70,7 +73,7 @@ class WriteReport:
     bytes_written: int
     duration: float  # seconds: writing, including the final fsync
     verify_duration: float  # seconds: dropping caches and reading back
-    digest: str  # hex sha256 over the per-chunk sha256 digests
+    digest: str | None  # hex sha256 over the per-chunk sha256 digests; None when compared with the source
     chunks: int
     direct: bool  # written with O_DIRECT
     compressed: bool  # the source was gzip and was inflated on the way
@@ -400,7 +403,11 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     try:
         writer = _Writer(fd, offset, info.align, use_direct, sync_every)
         started = time.monotonic()
-        digests = _write_all(stream, writer, info, chunk_size, size, progress)
+        # A plain seekable image is verified against itself, byte for byte: no hashing while writing
+        # (on two cores sha256 would take as long as the write). Compressed or streamed images keep
+        # a sha256 per chunk, since their bytes cannot be read again.
+        compare = start is not None and not stream.compressed
+        digests = _write_all(stream, writer, info, chunk_size, size, progress, hash_chunks=not compare)
         if not digests:
             raise InvalidInput("empty image: nothing to write")
         if length is not None and stream.produced < length:
@@ -414,7 +421,8 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
                              ) from exc
         duration = time.monotonic() - started
         started = time.monotonic()
-        _verify(info, offset, use_direct, chunk_size, stream.produced, digests, source, start, length)
+        _verify(info, offset, use_direct, chunk_size, stream.produced, digests, source, start, length,
+                compare_source=compare)
         verify_duration = time.monotonic() - started
     except WriteError as exc:
         log.get().warning("write_image", target=target, result="failed", error=exc.message,
@@ -423,7 +431,8 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     finally:
         os.close(fd)
     report = WriteReport(bytes_written=stream.produced, duration=duration, verify_duration=verify_duration,
-                         digest=hashlib.sha256(b"".join(digests)).hexdigest(), chunks=len(digests),
+                         digest=None if compare else hashlib.sha256(b"".join(digests)).hexdigest(),
+                         chunks=len(digests),
                          direct=use_direct, compressed=stream.compressed)
     log.get().info("write_image", target=target, result="ok", bytes=report.bytes_written,
                    duration=round(duration, 4), verify_duration=round(verify_duration, 4),
@@ -432,8 +441,9 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
 
 
 def _write_all(stream: _Stream, writer: _Writer, info: _Target, chunk_size: int, total: int | None,
-               progress: Progress | None) -> list[bytes]:
-    """Stream the image through two buffers; returns the per-chunk digests."""
+               progress: Progress | None, hash_chunks: bool = True) -> list[bytes]:
+    """Stream the image through two buffers; returns the per-chunk digests (empty placeholders when
+    ``hash_chunks`` is off: the verify then compares with the source itself)."""
     digests: list[bytes] = []
     chunks = [_Chunk(chunk_size) for _ in range(_BUFFERS)]
     spare = list(chunks)
@@ -466,7 +476,7 @@ def _write_all(stream: _Stream, writer: _Writer, info: _Target, chunk_size: int,
                 raise WriteError("image larger than target", offset=info.capacity,
                                  written=writer.wrote_any,
                                  hint=f"the image goes on past {info.capacity - writer.base} bytes")
-            digests.append(hashlib.sha256(chunk.view[:n]).digest())
+            digests.append(hashlib.sha256(chunk.view[:n]).digest() if hash_chunks else b"")
             chunk.pos, chunk.size = pos, n
             worker.submit(chunk)
             pos += n
@@ -492,8 +502,9 @@ def _drain(worker: _Worker) -> None:
 
 
 def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: int, digests: list[bytes],
-            source: BinaryIO, start: int | None, length: int | None) -> None:
-    """Drop the target's cached pages, read the image's extent back and compare chunk digests."""
+            source: BinaryIO, start: int | None, length: int | None, compare_source: bool = False) -> None:
+    """Drop the target's cached pages, read the image's extent back and compare it: with the source
+    re-read (``compare_source``), else with the chunk digests taken while writing."""
     try:
         fd, direct = _open_target(info, os.O_RDONLY, direct)
     except OSError as exc:
@@ -514,6 +525,7 @@ def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: i
         chunk.got = min(got, chunk.size)
 
     chunks = [_Chunk(chunk_size) for _ in range(_BUFFERS)]
+    expected = _Chunk(chunk_size) if compare_source else None
     worker = _Worker(read, "verify_image")
     count = len(digests)
     try:
@@ -528,7 +540,14 @@ def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: i
             if chunk.error is not None:
                 raise WriteError(f"verify read failed: {_reason(chunk.error)}", offset=chunk.error_at,
                                  written=True) from chunk.error
-            if chunk.got < chunk.size or hashlib.sha256(chunk.view[:chunk.got]).digest() != digests[index]:
+            if expected is not None and start is not None:
+                want = _read_source(source, start + chunk.pos, expected.view[:chunk.size])
+                actual = chunk.view[:chunk.got]
+                if chunk.got < chunk.size or want.tobytes() != actual.tobytes():
+                    first = _first_difference(want, actual)
+                    raise WriteError("verify mismatch", offset=base + chunk.pos + first, written=True,
+                                     hint=f"first differing byte; chunk {index} of {count}")
+            elif chunk.got < chunk.size or hashlib.sha256(chunk.view[:chunk.got]).digest() != digests[index]:
                 pos, how = _locate(chunk, index, chunk_size, digests, source, start, length)
                 raise WriteError("verify mismatch", offset=base + pos, written=True,
                                  hint=f"{how}; chunk {index} of {count}")
@@ -543,6 +562,20 @@ def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: i
         os.close(fd)
         for chunk in chunks:
             chunk.close()
+        if expected is not None:
+            expected.close()
+
+
+def _read_source(source: BinaryIO, pos: int, into: memoryview) -> memoryview:
+    """The source's bytes at ``pos`` (as many as ``into`` holds, fewer at its end)."""
+    source.seek(pos)
+    got = 0
+    while got < len(into):
+        n = source.readinto(into[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return into[:got]
 
 
 def _locate(readback: _Chunk, index: int, chunk_size: int, digests: list[bytes], source: BinaryIO,
