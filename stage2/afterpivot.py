@@ -15,9 +15,9 @@ import sys
 import time
 import traceback
 
-from stage2 import before, release
+from stage2 import release
 from stage2.machine import Context, Step, run
-from stage2.report import Report, persist
+from stage2.report import Report, peak_rss_kb, persist, save_failure
 from stage2.states import State
 from stage2.writers import block
 from wrtcore import blockdev, log, power, syscalls, watchdog
@@ -127,19 +127,17 @@ def saving_config(ctx: Context) -> None:
 
 
 def finalizing(ctx: Context) -> None:
-    ctx.report.details["writer_peak_rss_kb"] = before.peak_rss_kb()
+    ctx.report.details["writer_peak_rss_kb"] = peak_rss_kb()
     ctx.report.outcome = "success"
     ctx.report.finished_at = time.time()
     syscalls.sync()
-    persist(ctx.report, blockdev.partition(ctx.data["plan"]["disk"], 1))
+    plan = ctx.data["plan"]
+    persist(ctx.report, blockdev.partition(plan["disk"], int(plan["boot_partition"])))
 
 
 def report_failure(ctx: Context) -> None:
-    ctx.report.finished_at = time.time()
-    try:
-        persist(ctx.report, blockdev.partition(ctx.data["plan"]["disk"], 1))
-    except Exception as exc:
-        log.get().error("report not saved", error=str(exc))
+    plan = ctx.data["plan"]
+    save_failure(ctx.report, plan["disk"], int(plan["boot_partition"]))
 
 
 def rebooting(ctx: Context) -> None:

@@ -5,16 +5,18 @@ Everything here happens before the first byte is written: any failure ends in ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import asdict
 from typing import Any
 
-from stage2 import ramfs, terminate
+from stage2 import ramfs, report, terminate
+from stage2.formats import fwtool
 from stage2.machine import Context, Step
 from stage2.plan import Plan, Target, plan_upgrade
-from stage2.report import persist
+from stage2.report import save_failure
 from stage2.states import State
 from wrtcore import blockdev, cmdline, log
 from wrtcore.errors import InvalidInput, UpgradeError
@@ -34,8 +36,7 @@ def boot_disk() -> str:
 
 
 def payload_length(image: str) -> int:
-    from stage2.formats import fwtool
-
+    """The bytes before the fwtool trailer (metadata and signature are not written to the disk)."""
     try:
         return fwtool.payload_length(image)
     except fwtool.FwtoolError:
@@ -101,7 +102,7 @@ def pivoting(ctx: Context) -> None:
     plan: Plan = ctx.data["plan"]
     image: ramfs.RamfsImage = ctx.data["ramfs"]
     ctx.report.details["pivot_at"] = time.time()
-    ctx.report.details["pid1_peak_rss_kb_before_pivot"] = peak_rss_kb()
+    ctx.report.details["pid1_peak_rss_kb_before_pivot"] = report.peak_rss_kb()
     with open(f"{plan.prefix}/{HANDOFF}", "w") as f:
         json.dump(handoff_dict(ctx), f)
     ramfs.pivot(plan.prefix)
@@ -109,35 +110,15 @@ def pivoting(ctx: Context) -> None:
     ramfs.reexec(image, f"/{HANDOFF}", keep_fds=(int(log_fd),) if log_fd.isdigit() else ())
 
 
-def peak_rss_kb() -> int | None:
-    """VmHWM of this process (reset by exec: the writer after the pivot has its own)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def report_failure(ctx: Context) -> None:
-    """aborted / failed_after_write: keep the report where the next boot looks (best effort)."""
-    ctx.report.finished_at = time.time()
+    """aborted / failed_after_write before the pivot: the old boot partition keeps the report."""
     plan: Plan | None = ctx.data.get("plan")
     ctx.notify({"event": "outcome", "outcome": ctx.report.outcome, "error": ctx.report.error})
-    if plan is None:
-        try:
+    disk: str | None = plan.target.disk if plan else None
+    if disk is None:
+        with contextlib.suppress(UpgradeError, OSError):
             disk = boot_disk()
-        except UpgradeError as exc:
-            log.get().error("report not saved", error=str(exc))
-            return
-    else:
-        disk = plan.target.disk
-    try:
-        persist(ctx.report, blockdev.partition(disk, 1))
-    except Exception as exc:
-        log.get().error("report not saved", error=str(exc))
+    save_failure(ctx.report, disk, plan.target.boot_partition if plan else 1)
 
 
 def steps() -> dict[State, Step]:

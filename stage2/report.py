@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from wrtcore import log, syscalls
+from wrtcore import log, partitions, syscalls
 
 REPORT_NAME = "upgrade-report.json"
 
@@ -48,6 +48,33 @@ class Report:
     def from_dict(cls, data: dict[str, Any]) -> Report:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def peak_rss_kb() -> int | None:
+    """VmHWM of this process (reset by exec: the writer after the pivot has its own)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def save_failure(report: Report, disk: str | None, boot_partition: int = 1) -> bool:
+    """aborted / failed_after_write: keep the report where the next boot looks, best effort (a failure
+    to save it must not stop the reboot). False when it could not be saved."""
+    report.finished_at = time.time()
+    if disk is None:
+        log.get().error("report not saved", error="no boot disk known")
+        return False
+    try:
+        persist(report, partitions.device(disk, boot_partition))
+    except Exception as exc:
+        log.get().error("report not saved", error=str(exc))
+        return False
+    return True
 
 
 def persist(report: Report, partition: str, fstype: str = "ext4") -> None:
