@@ -1,49 +1,69 @@
-"""The configuration backup: which files are kept, and the archive ``/tmp/sysupgrade.tgz``.
+"""The configuration backup: which files are kept (reference 3.2), and the archive (reference 3.3).
 
-The file list (OpenWrt's ``list_static_conffiles``): every non-blank line not starting with ``#`` of
-``/etc/sysupgrade.conf`` and of each ``/lib/upgrade/keep.d/*`` file is split into words, each word is
-glob-expanded (a pattern without match stays literal, as in the shell) and walked like ``find <word>
-\\( -type f -o -type l \\)``: regular files and symlinks are listed, directories are descended, symlinks
-are never followed (a symlink loop cannot trap the walk), missing paths are ignored. The result is the
-sorted, de-duplicated union, as absolute paths on the system. (Changed package conffiles, ``-c``/``-o``/
-``-u``/``-k`` are a later issue.)
+The list. By default (``build_file_list``) it is the sorted, de-duplicated union of
 
-The archive is a gzip-compressed GNU tar stream whose first member is the synthetic
-``etc/uci-defaults/10_disable_services`` (mode 644, root:root, mtime of ``/etc/rc.d``): one line
-``/etc/init.d/<svc> disable`` for every init script without an ``/etc/rc.d/S??<svc>`` start link, then
-``exit 0``. The listed files follow with the leading ``/`` stripped; symlinks are stored as symlinks,
-file contents are streamed (never read whole). The archive is written to a temporary name (mode 0600:
-it holds ``/etc/shadow``) and renamed into place, so a failure leaves no partial archive.
+- the *static* list (OpenWrt's ``list_static_conffiles``): every non-blank line not starting with ``#``
+  of ``/etc/sysupgrade.conf`` and of each ``/lib/upgrade/keep.d/*`` file is split into words, each word
+  is glob-expanded (a pattern without match stays literal, as in the shell) and walked like ``find
+  <word> \\( -type f -o -type l \\)``: regular files and symlinks are listed, directories descended,
+  symlinks never followed (a symlink loop cannot trap the walk), missing paths ignored; with ``-u`` a
+  file byte-identical to ``/rom/<file>`` is left out;
+- the changed package conffiles (``sysupgrade.conffiles``: opkg's status, apk's conffiles_static).
 
-Decision on files that change while archiving: a listed file that has vanished, cannot be opened, or is
-no longer a regular file or symlink is skipped with a ``Warning: ...`` line on stderr, and the backup
-goes on (the list was a snapshot; the rest of the config is still worth keeping). A file that shrinks
-while it is read is padded with zeros to the size recorded in its header (as GNU tar does) and warned
-about; growth after the header is cut off. Failing to write the archive itself is fatal:
-``BackupError`` ("Failed to create the configuration backup.").
+With ``-c`` (``/etc``) or ``-o`` (``/``) it is instead every file and symlink under
+``/overlay/upper<path>`` (with ``-u``: minus those identical to ``/rom``), without ``/etc/board.json``,
+``*-opkg``, ``/etc/urandom.seed``, the installed-packages file and ``/usr/lib/opkg/*``; with ``-o`` also
+without the files packages own (their file lists and alternatives' links), except the conffiles (with
+``-u`` only the changed ones) and the files of the static list that are not conffiles.
+
+The archive is a gzip-compressed (level 6, gzip's and so OpenWrt's default) GNU tar stream whose first
+member is the synthetic ``etc/uci-defaults/10_disable_services`` (mode 644, root:root, mtime of
+``/etc/rc.d``): one line ``/etc/init.d/<svc> disable`` for every init script without an
+``/etc/rc.d/S??<svc>`` start link, then ``exit 0``; with ``-k`` then ``etc/backup/installed_packages.txt``.
+The listed files follow with the leading ``/`` stripped; symlinks are stored as symlinks, a second name
+of an already stored inode as a hard link, file contents are streamed (never read whole). Building
+the tar stream and compressing it run side by side (a compressor thread), as ``tar | gzip`` do. A file
+archive is written to a temporary name (mode 0600: it holds ``/etc/shadow``) and renamed into place, so
+a failure leaves no partial archive; ``-b -`` streams to stdout.
+
+Decision on files that change while archiving: a listed file that has *vanished*, or is no longer a
+regular file or symlink, is skipped with a ``Warning: ...`` line on stderr and the backup goes on (the
+list was a snapshot; there is nothing left to keep). A file that exists but *cannot be read* (EACCES,
+EIO) fails the backup, as ``tar`` fails OpenWrt's: its content would otherwise be lost silently in the
+upgrade. A file that shrinks while it is read is padded with zeros to the size recorded in its header
+(as GNU tar does) and warned about; growth after the header is cut off. Any failure of the archive
+itself is fatal: ``BackupError`` ("Failed to create the configuration backup.").
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
-import io
+import grp
 import os
 import posixpath
+import pwd
+import queue
 import stat
 import sys
 import tarfile
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from sysupgrade import paths
+from sysupgrade import conffiles, paths
+from wrtcore import mounts
 from wrtcore.errors import UpgradeError
 
 Say = Callable[[str], None]
 
 DISABLE_SERVICES_MEMBER = "etc/uci-defaults/10_disable_services"
+INSTALLED_PACKAGES = "/etc/backup/installed_packages.txt"  # INSTALLED_PACKAGES in sysupgrade
+GZIP_LEVEL = 6  # gzip's default, which OpenWrt's `gzip > $CONF_TAR` uses
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -56,7 +76,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-# --- the file list -------------------------------------------------------------------------------
+# --- the static list -----------------------------------------------------------------------------
 
 
 def list_sources(root: str) -> list[str]:
@@ -139,14 +159,113 @@ def find_files(root: str, start: str) -> Iterator[str]:
         pending.extend(reversed(subdirs))
 
 
-def build_file_list(root: str | None = None) -> list[str]:
-    """The sorted unique list of system paths to back up (``list_static_conffiles``)."""
-    base = paths.root() if root is None else root
+def same_as_rom(root: str, path: str) -> bool:
+    """``test -e /rom/<path> && cmp -s /<path> /rom/<path>`` (both followed if symlinks)."""
+    try:
+        with open(paths.rooted(path, root), "rb") as live, \
+                open(paths.rooted(conffiles.ROM + path, root), "rb") as rom:
+            if os.fstat(live.fileno()).st_size != os.fstat(rom.fileno()).st_size:
+                return False
+            while True:
+                a, b = live.read(1 << 16), rom.read(1 << 16)
+                if a != b:
+                    return False
+                if not a:
+                    return True
+    except OSError:  # missing, a directory, unreadable: not the same, so kept
+        return False
+
+
+def static_files(root: str, skip_unchanged: bool = False) -> list[str]:
+    """The sorted static list (``list_static_conffiles``), without ``/rom``'s twins with ``-u``."""
     found: set[str] = set()
-    for word in read_words(base):
-        for start in expand_word(base, word):
-            found.update(find_files(base, start))
+    for word in read_words(root):
+        for start in expand_word(root, word):
+            found.update(find_files(root, start))
+    if skip_unchanged:
+        found = {p for p in found if not same_as_rom(root, p)}
     return sorted(found)
+
+
+# --- the overlay list (-c, -o) -------------------------------------------------------------------
+
+
+def dropped_from_overlay(path: str) -> bool:
+    """Overlay files never backed up: board.json, ``*-opkg``, urandom.seed, the package list, opkg's db."""
+    return (path in ("/etc/board.json", "/etc/urandom.seed", INSTALLED_PACKAGES)
+            or posixpath.basename(path).endswith("-opkg")
+            or path.startswith("/usr/lib/opkg/"))
+
+
+def overlay_files(root: str, overlay_path: str, skip_unchanged: bool = False) -> list[str]:
+    """``-c`` (overlay_path ``/etc``) or ``-o`` (``/``): the changed files in the overlay's upper layer."""
+    upper = paths.rooted(conffiles.OVERLAY_UPPER, root)
+    found = [p for p in find_files(upper, overlay_path) if not dropped_from_overlay(p)]
+    if skip_unchanged:
+        found = [p for p in found if not same_as_rom(root, p)]
+    if overlay_path == "/":
+        records = conffiles.read_conffiles(root)
+        all_conf = {c.path for c in records}
+        kept_conf = set(conffiles.changed_conffiles(root, records)) if skip_unchanged else all_conf
+        keep = set(static_files(root)) - all_conf
+        owned = conffiles.package_files(root) - kept_conf - keep
+        found = [p for p in found if p not in owned]
+    return sorted(set(found))
+
+
+# --- what to back up -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The options that shape the backup: ``-c``/``-o`` (overlay_path), ``-u``, ``-k``."""
+
+    overlay_path: str | None = None  # SAVE_OVERLAY_PATH: "/etc" (-c), "/" (-o), None
+    skip_unchanged: bool = False  # SKIP_UNCHANGED (-u)
+    installed_packages: bool = False  # SAVE_INSTALLED_PKGS (-k)
+
+
+def build_file_list(root: str | None = None, selection: Selection | None = None) -> list[str]:
+    """The sorted unique list of system paths to back up (``sysupgrade_init_conffiles``)."""
+    base = paths.root() if root is None else root
+    sel = selection or Selection()
+    if sel.overlay_path is not None:
+        return overlay_files(base, sel.overlay_path, sel.skip_unchanged)
+    return sorted({*static_files(base, sel.skip_unchanged), *conffiles.changed_conffiles(base)})
+
+
+def listing(root: str, selection: Selection) -> list[str]:
+    """What ``-l`` prints: the list, then the installed-packages file with ``-k``."""
+    files = build_file_list(root, selection)
+    return [*files, INSTALLED_PACKAGES] if selection.installed_packages else files
+
+
+# --- where / lives -------------------------------------------------------------------------------
+
+
+def rootfs_type(root: str, mountinfo: str | None = None) -> str | None:
+    """The filesystem type of the system's ``/`` (OpenWrt's ``rootfs_type``), None when unknown.
+
+    That is the mount whose mount point is the longest prefix of ``root`` (``/`` itself on a device;
+    the mount holding ``WRT_ROOT`` in tests), the last one stacked there, ``rootfs`` entries ignored.
+    ``mountinfo`` is the table to read (default ``$WRT_MOUNTINFO``, else ``/proc/self/mountinfo``).
+    """
+    source = mountinfo or os.environ.get(paths.MOUNTINFO_ENV) or paths.MOUNTINFO
+    try:
+        with open(source, encoding="utf-8", errors="surrogateescape") as f:
+            table = mounts.parse_mountinfo(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+    target = os.path.realpath(root)
+    best: mounts.Mount | None = None
+    for m in table:
+        point = m.mountpoint.rstrip("/") or "/"
+        inside = point == "/" or target == point or target.startswith(point + "/")
+        if not inside or m.fstype == "rootfs":
+            continue
+        if best is None or len(point) >= len(best.mountpoint.rstrip("/") or "/"):
+            best = m
+    return best.fstype if best else None
 
 
 # --- the synthetic members -----------------------------------------------------------------------
@@ -218,113 +337,285 @@ def disable_services_member(root: str) -> Member:
     return Member(DISABLE_SERVICES_MEMBER, disable_services_script(root), mtime)
 
 
-# --- the archive ---------------------------------------------------------------------------------
+def installed_packages_member(root: str) -> Member:
+    data = conffiles.render_installed_packages(conffiles.installed_packages(root))
+    return Member(INSTALLED_PACKAGES.lstrip("/"), data, int(time.time()))
+
+
+def synthetic_members(root: str, selection: Selection) -> list[Member]:
+    members = [disable_services_member(root)]
+    if selection.installed_packages:
+        members.append(installed_packages_member(root))
+    return members
+
+
+# --- the compressed stream -----------------------------------------------------------------------
+
+
+class GzipWriter:
+    """A gzip stream written by a compressor thread: ``write`` hands over buffers and returns, so the
+    tar stream is built while the previous part is compressed (zlib and the file write release the
+    GIL). An error of the thread is raised by the next ``write`` or by ``close``."""
+
+    CHUNK = 256 << 10  # at most QUEUED + 2 chunks in memory: about 1.5 MiB
+    QUEUED = 4
+
+    def __init__(self, out: BinaryIO, level: int = GZIP_LEVEL) -> None:
+        self._out = out
+        self._zip = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip header and trailer
+        self._buf = bytearray()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.QUEUED)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gzip", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain, so that the producer never blocks on a full queue
+            try:
+                self._out.write(self._zip.compress(data))
+            except BaseException as exc:  # handed to the producer
+                self._error = exc
+        if self._error is None:
+            try:
+                self._out.write(self._zip.flush())
+                self._out.flush()
+            except BaseException as exc:
+                self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= self.CHUNK:
+            self._check()
+            self._queue.put(bytes(self._buf))
+            self._buf.clear()
+
+    def close(self) -> None:
+        if self._buf:
+            self._queue.put(bytes(self._buf))
+            self._buf.clear()
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def abandon(self) -> None:
+        """Stop the thread after a failure (the output is being thrown away)."""
+        self._error = self._error or OSError(errno.ECANCELED, "abandoned")
+        self._queue.put(None)
+        self._thread.join()
+
+
+# --- the tar stream ------------------------------------------------------------------------------
+
+
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+
+
+class _Names:
+    """uid/gid -> user and group names, each looked up once (tarfile would ask for every file)."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = ""
+        return self._users[uid]
+
+    def group(self, gid: int) -> str:
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = ""
+        return self._groups[gid]
 
 
 @dataclass
 class BackupResult:
-    path: str  # host path of the archive
+    path: str  # host path of the archive ("-" for stdout)
     added: list[str] = field(default_factory=list)  # system paths stored
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (system path, reason)
 
 
-class _ExactReader:
-    """Reads exactly ``size`` bytes from ``f``: zero padding if the file shrank, then nothing more."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self._f = f
-        self._left = size
-        self.padded = 0
-
-    def read(self, n: int = -1) -> bytes:
-        want = self._left if n < 0 else min(n, self._left)
-        data = self._f.read(want) if want else b""
-        if len(data) < want:
-            self.padded += want - len(data)
-            data += bytes(want - len(data))
-        self._left -= len(data)
-        return data
-
-
 class _Skip(Exception):
-    """A listed path that cannot be archived any more; the message is the reason."""
+    """A listed path that is no longer there to archive; the message is the reason."""
 
 
-def _prepare(tar: tarfile.TarFile, host: str, arcname: str) -> tuple[tarfile.TarInfo, BinaryIO | None]:
-    """Header (and open source for a regular file) of one listed path, or ``_Skip``."""
-    try:
-        mode = os.lstat(host).st_mode
-        if stat.S_ISLNK(mode):
-            return tar.gettarinfo(host, arcname=arcname), None
-        if not stat.S_ISREG(mode):
-            raise _Skip("no longer a regular file or symlink")
-        source = os.fdopen(os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
-    except FileNotFoundError as exc:
-        raise _Skip("vanished") from exc
-    except OSError as exc:
-        raise _Skip(exc.strerror or str(exc)) from exc
-    try:
-        info = tar.gettarinfo(arcname=arcname, fileobj=source)  # fstat of what was opened
-    except OSError as exc:
-        source.close()
-        raise _Skip(exc.strerror or str(exc)) from exc
-    if not (info.isreg() or info.islnk()):
-        source.close()
-        raise _Skip("no longer a regular file")
-    return info, source
+class TarWriter:
+    """A GNU-format tar stream of listed system paths, written to ``out`` (the gzip writer)."""
+
+    def __init__(self, out: GzipWriter | BinaryIO, root: str, say: Say) -> None:
+        self._out = out
+        self._root = root
+        self._say = say
+        self._names = _Names()
+        self._inodes: dict[tuple[int, int], str] = {}
+        self.size = 0
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.size += len(data)
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        self._write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+
+    def add_member(self, member: Member) -> None:
+        self._header(member.tarinfo())
+        self._write(member.data)
+        self._pad(len(member.data))
+
+    def _pad(self, size: int) -> None:
+        if size % BLOCK:
+            self._write(bytes(BLOCK - size % BLOCK))
+
+    def _info(self, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(arcname)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uname, info.gname = self._names.user(st.st_uid), self._names.group(st.st_gid)
+        info.mtime = int(st.st_mtime)
+        return info
+
+    def add_path(self, sys_path: str, result: BackupResult) -> None:
+        """Add one listed path (see the module's decision on files that change meanwhile)."""
+        try:
+            self._add(sys_path)
+        except _Skip as skip:
+            result.skipped.append((sys_path, str(skip)))
+            self._say(f"Warning: {sys_path} skipped from the backup: {skip}")
+            return
+        result.added.append(sys_path)
+
+    def _add(self, sys_path: str) -> None:
+        host = paths.rooted(sys_path, self._root)
+        arcname = sys_path.lstrip("/")
+        try:
+            st = os.lstat(host)
+            if stat.S_ISLNK(st.st_mode):
+                info = self._info(arcname, st)
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(host)
+                self._header(info)
+                return
+            if not stat.S_ISREG(st.st_mode):
+                raise _Skip("no longer a regular file or symlink")
+            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise _Skip("vanished") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
+                raise _Skip("no longer a regular file") from exc
+            raise OSError(exc.errno, f"{sys_path}: {exc.strerror}") from exc
+        try:
+            self._add_regular(fd, sys_path, arcname)
+        finally:
+            os.close(fd)
+
+    def _add_regular(self, fd: int, sys_path: str, arcname: str) -> None:
+        st = os.fstat(fd)  # what was opened, not what the name pointed at before
+        if not stat.S_ISREG(st.st_mode):
+            raise _Skip("no longer a regular file")
+        info = self._info(arcname, st)
+        inode = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and inode in self._inodes:
+            info.type, info.linkname = tarfile.LNKTYPE, self._inodes[inode]
+            self._header(info)
+            return
+        if st.st_nlink > 1:
+            self._inodes[inode] = arcname
+        info.size = st.st_size
+        self._header(info)
+        left = st.st_size
+        while left:
+            try:
+                data = os.read(fd, min(left, GzipWriter.CHUNK))
+            except OSError as exc:
+                raise OSError(exc.errno, f"{sys_path}: {exc.strerror}") from exc
+            if not data:
+                self._say(f"Warning: {sys_path} shrank while it was archived; padded with {left} zero bytes")
+                data = bytes(left)
+            self._write(data)
+            left -= len(data)
+        self._pad(st.st_size)
+
+    def finish(self) -> None:
+        """The end-of-archive blocks, padded to a whole record as tar does."""
+        self._write(bytes(2 * BLOCK))
+        if self.size % RECORD:
+            self._write(bytes(RECORD - self.size % RECORD))
 
 
-def _add_path(tar: tarfile.TarFile, root: str, sys_path: str, result: BackupResult, say: Say) -> None:
-    """Add one listed path. What goes wrong before its header is written skips it with a warning;
-    what fails after (writing the archive, a read error mid-file) propagates, since a half-written
-    member cannot be taken back from a gzip stream."""
+def write_backup(out: BinaryIO, root: str, files: Sequence[str], members: Sequence[Member],
+                 say: Say, level: int = GZIP_LEVEL, result: BackupResult | None = None) -> BackupResult:
+    """The whole archive into ``out`` (not closed). Raises ``BackupError`` on failure."""
+    result = result or BackupResult("-")
+    gz = GzipWriter(out, level)
     try:
-        info, source = _prepare(tar, paths.rooted(sys_path, root), sys_path.lstrip("/"))
-    except _Skip as skip:
-        result.skipped.append((sys_path, str(skip)))
-        say(f"Warning: {sys_path} skipped from the backup: {skip}")
-        return
-    try:
-        if source is not None and info.isreg():
-            reader = _ExactReader(source, info.size)
-            tar.addfile(info, reader)
-            if reader.padded:
-                say(f"Warning: {sys_path} shrank while it was archived; "
-                    f"padded with {reader.padded} zero bytes")
-        else:
-            tar.addfile(info)
-    finally:
-        if source is not None:
-            source.close()
-    result.added.append(sys_path)
+        tar = TarWriter(gz, root, say)
+        for member in members:
+            tar.add_member(member)
+        for sys_path in files:
+            tar.add_path(sys_path, result)
+        tar.finish()
+        gz.close()
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        gz.abandon()
+        raise BackupError(str(exc)) from exc
+    except BaseException:
+        gz.abandon()
+        raise
+    return result
 
 
 def create_backup(root: str | None = None, dest: str | None = None, files: Sequence[str] | None = None,
-                  *, extra_members: Sequence[Member] = (), say: Say | None = None) -> BackupResult:
+                  *, selection: Selection | None = None, extra_members: Sequence[Member] = (),
+                  say: Say | None = None, level: int = GZIP_LEVEL) -> BackupResult:
     """Write the backup archive (default ``/tmp/sysupgrade.tgz`` under ``root``) and return what it holds.
 
-    ``files`` defaults to ``build_file_list(root)``; ``extra_members`` follow ``10_disable_services``
-    (the place for ``-k``'s installed-packages list).
+    ``files`` defaults to ``build_file_list(root, selection)``; the synthetic members are
+    ``10_disable_services``, ``-k``'s list when ``selection`` asks for it, then ``extra_members``.
+    A ``dest`` that exists and is not a regular file (a FIFO, a device) is written to directly.
     """
     base = paths.root() if root is None else root
+    sel = selection or Selection()
     target = dest or paths.rooted(paths.CONF_TAR, base)
     say = say or _stderr
-    listed = build_file_list(base) if files is None else list(files)
+    listed = build_file_list(base, sel) if files is None else list(files)
+    members = [*synthetic_members(base, sel), *extra_members]
     result = BackupResult(target)
-    tmp = f"{target}.{os.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
-                for member in (disable_services_member(base), *extra_members):
-                    tar.addfile(member.tarinfo(), io.BytesIO(member.data))
-                for sys_path in listed:
-                    _add_path(tar, base, sys_path, result, say)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, target)
-    except (OSError, tarfile.TarError) as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        direct = not stat.S_ISREG(os.stat(target).st_mode)
+    except OSError:
+        direct = False
+    tmp = target if direct else f"{target}.{os.getpid()}.tmp"
+    try:
+        flags = os.O_WRONLY | os.O_CLOEXEC | (0 if direct else os.O_CREAT | os.O_TRUNC)
+        fd = os.open(tmp, flags, 0o600)
+    except OSError as exc:
         raise BackupError(str(exc)) from exc
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            write_backup(raw, base, listed, members, say, level, result)
+            if not direct:
+                raw.flush()
+                os.fsync(raw.fileno())
+        if not direct:
+            os.replace(tmp, target)
+    except BaseException as exc:
+        if not direct:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise BackupError(str(exc)) from exc
+        raise
     return result

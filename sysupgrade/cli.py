@@ -1,94 +1,118 @@
-"""``sysupgrade [<option>...] <image>``: stage 1 of the upgrade, with OpenWrt's flags and messages.
+"""``sysupgrade [<option>...] <image>``: stage 1 of the upgrade, with OpenWrt's flags and messages;
+``sysupgrade [-q] [-i] [-c] [-u] [-o] [-k] <-b|-r|-l> [<file>]``: the config backup commands.
 
-Order (reference 3.4): locate the image (copy it into /tmp when it lies elsewhere), validate it
-(``sysupgrade.validate``, in process), save the config archive ``/tmp/sysupgrade.tgz`` (or remove a stale
-one with ``-n``), stop here with ``-T``, then hand the upgrade over: ``call system sysupgrade`` on
-upgraded's bus with the request of reference 1.1, or in failsafe (``$FAILSAFE`` non-empty) the
-hand-over file ``/tmp/sysupgrade``. Unlike OpenWrt's ``ubus call``, the bus answers: the command reports
-whether the upgrade was accepted and follows its progress until the device reboots.
+Order (reference 3.1, 3.4): the options, parsed OpenWrt's way (one per word, left to right until the
+first non-option, which is the image; no bundling: ``-nF`` is an invalid option; ``-b``/``-r``/``-f``
+take the next word whatever it is); the usage checks; ``-l``, ``-b``, ``-r`` (each ends the command);
+then locate the image (copy it into /tmp when it lies elsewhere), validate it (``sysupgrade.validate``,
+in process), the config archive ``/tmp/sysupgrade.tgz`` (``-f``'s copied there, or a new one unless
+``-n``, a stale one removed with ``-n``), stop here with ``-T`` (which never creates the archive), then
+hand the upgrade over: ``call system sysupgrade`` on upgraded's bus with the request of reference 1.1,
+or in failsafe (``$FAILSAFE`` non-empty) the hand-over file ``/tmp/sysupgrade``. Unlike OpenWrt's
+``ubus call``, the bus answers: the command reports whether the upgrade was accepted and follows its
+progress until the device reboots.
 
-Options are parsed OpenWrt's way, one per word, left to right until the first non-option (no bundling:
-``-nF`` is an invalid option). Supported now: ``-n -F/--force -T/--test -v -q -p -P -s -k
---ignore-minor-compat-version -h/--help``; ``-k`` is accepted but the installed-packages list is not
-written yet. OpenWrt's other options (``-i -c -o -u -f -b -r -l``) are recognised and refused as not
-implemented yet; http(s) URLs likewise.
+Options: ``-i`` (ask_bool: ``Keep config files over reflash``, ``Edit config file list`` (``$EDITOR``,
+default vi, on ``/tmp/sysupgrade.conffiles``) and, on a ramdisk root, ``Abort``; the question goes to
+stderr, so that ``-b -`` keeps stdout clean, the answer comes from stdin), ``-v``/``-q``, ``-n``,
+``-c``/``-o``/``-u``/``-k`` (the backup list: ``sysupgrade.backup``), ``-p``, ``-P``, ``-s``,
+``-F``/``--force``, ``-T``/``--test``, ``--ignore-minor-compat-version``, ``-h``/``--help``,
+``-f <cfg>`` (a local .tar.gz; a URL is refused, saying so), ``-b|--create-backup <file>`` (``-`` =
+stdout, quiet), ``-r|--restore-backup <file>`` (``-`` = stdin; extracted with preinit's safe
+``preinit.restore.extract``, which also re-adds the new firmware's missing passwd/group/shadow
+entries), ``-l|--list-backup``. The image: a path (copied into /tmp when it lies elsewhere) or an
+http/https URL downloaded there with progress, after checking that RAM has room (``sysupgrade.fetch``).
 
 Exit codes (``EXIT_CODES``, also in the README):
 
 - 0: the upgrade was accepted by upgraded and followed until the connection closed (the reboot); also
-  ``-T`` after a successful check, ``-h``, and the failsafe hand-over once written.
+  ``-T`` after a successful check, ``-h``, the failsafe hand-over once written, ``-l``, ``-b`` and
+  ``-r`` done, ``-b`` on a ramdisk root (nothing saved, as OpenWrt) and an ``Abort`` answered yes with
+  ``-i`` on a ramdisk root (OpenWrt's ``exit`` after a true ask_bool).
 - 1: refused: ``Image check failed.``, upgraded's error reply (its message is printed), a failure
-  reported by upgraded after acceptance, a config backup or image copy that could not be made, a bus
-  reply that cannot be read or does not come in time. OpenWrt's own usage errors keep OpenWrt's code
-  1: ``Invalid option: <opt>``, no image (help), ``Image file not found.``.
-- 2: invalid usage that OpenWrt has no code for: an OpenWrt option or an image URL not implemented yet.
+  reported by upgraded after acceptance, ``Failed to create the configuration backup.``, a restore
+  that failed, an image copy that could not be made, a bus reply that cannot be read or does not come
+  in time. OpenWrt's usage errors keep OpenWrt's code 1: ``Invalid option: <opt>``, no image and no
+  backup command (help), an image with ``-b``/``-r``, ``Cannot find '/overlay/upper/etc', required for
+  '-c' or '-o'``, ``'/rom/' is required by '-u'``, ``Backup archive '<f>' not found.``, ``Invalid config
+  file. Please use only .tar.gz files``, ``Image file not found.``; and an option missing its argument.
+- 1 also: the image cannot be downloaded (unreachable, HTTP error, TLS, truncated) or RAM has no room
+  for it (the figures are printed), before anything is written.
+- 2: invalid input OpenWrt has no code for: an image URL of another scheme or a malformed one.
 - 3: no bus: upgraded's socket is missing, refuses the connection, or closes it before answering
   (``Command failed: Connection failed``).
 - 130: interrupted.
 
-Environment: ``WRT_ROOT`` (prefix of every system path: /tmp, /etc, /lib, /var/run), ``UPGRADED_SOCKET``
-(bus socket, default ``/var/run/upgraded.sock`` under WRT_ROOT), ``FAILSAFE``, and the validator's
+Environment: ``WRT_ROOT`` (prefix of every system path: /tmp, /etc, /lib, /overlay, /rom, /usr,
+/var/run), ``WRT_MOUNTINFO`` (the mount table that tells whether / is a ramdisk, default
+/proc/self/mountinfo), ``UPGRADED_SOCKET`` (bus socket, default ``/var/run/upgraded.sock`` under
+WRT_ROOT), ``FAILSAFE``, ``EDITOR`` (``-i``), and the validator's
 ``REQUIRE_IMAGE_METADATA``/``REQUIRE_IMAGE_SIGNATURE``/``WRT_PLATFORM``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
+import shlex
 import shutil
-import socket
+import subprocess
 import sys
+import tarfile
+import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
-from sysupgrade import backup, paths, validate
+from preinit import restore
+from sysupgrade import backup, fetch, paths, validate
+from sysupgrade.handover import request_upgrade, socket_path, wake_failsafe, write_failsafe_handover
+from wrtcore import log
 from wrtcore.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_NO_BUS,
     EXIT_OK,
-    BusUnavailable,
     InvalidInput,
     UpgradeError,
 )
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "upgrade accepted by upgraded and followed until the connection closed; -T check passed; "
-             "-h; failsafe hand-over written",
+             "-h; failsafe hand-over written; -l, -b, -r done; -b on a ramdisk root (nothing saved); "
+             "Abort answered yes with -i on a ramdisk root",
     EXIT_FAILURE: "refused by the validator (Image check failed.) or by upgraded (its message is printed), "
-                  "failed after acceptance, config backup or image copy failed, unreadable or late "
-                  "bus reply; OpenWrt's usage errors (Invalid option, no image, Image file not found.) "
-                  "keep OpenWrt's code 1",
-    EXIT_INVALID: "invalid usage OpenWrt has no code for: an OpenWrt option or image URL not implemented yet",
+                  "failed after acceptance, config backup (Failed to create the configuration backup.), "
+                  "restore or image copy failed, unreadable or late bus reply; OpenWrt's usage errors "
+                  "(Invalid option, no image, image with -b/-r, no /overlay/upper/etc for -c/-o, no /rom "
+                  "for -u, Backup archive not found, Invalid config file, Image file not found.) keep "
+                  "OpenWrt's code 1, as does an option missing its argument",
+    EXIT_INVALID: "invalid input OpenWrt has no code for: an image URL of another scheme, or malformed",
     EXIT_NO_BUS: "no bus: upgraded's socket missing, refusing, or closed before answering "
                  "(Command failed: Connection failed)",
     EXIT_INTERRUPTED: "interrupted",
 }
 
-SOCKET_ENV = "UPGRADED_SOCKET"
-UBUS_SID = "0" * 32
-REPLY_TIMEOUT = 120.0  # upper bound for upgraded to validate and answer the call
-MAX_LINE = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 
-# ubus status codes and the ubus CLI's names for them
-UBUS_STATUS = {
-    0: "Success", 1: "Invalid command", 2: "Invalid argument", 3: "Method not found", 4: "Not found",
-    5: "No response", 6: "Permission denied", 7: "Request timed out", 8: "Operation not supported",
-    9: "Unknown error", 10: "Connection failed",
-}
-# stage2 states in which an accepted upgrade has ended badly (reported before the reboot)
-FAILED_STATES = frozenset({"aborted", "failed_after_write", "failed"})
-
-HELP = """\
+HELP = f"""\
 Usage: sysupgrade [<upgrade-option>...] <image file>
+       sysupgrade [-q] [-i] [-c] [-u] [-o] [-k] [-P] <backup-command> <file>
 
 upgrade-option:
+    -f <config>  restore configuration from .tar.gz (a local file; URLs are not accepted)
+    -i           interactive mode
+    -c           attempt to preserve all changed files in /etc/
+    -o           attempt to preserve all changed files in /, except those
+                 from packages but including changed confs.
+    -u           skip from backup files that are equal to those in /rom
     -n           do not save configuration over reflash
     -p           do not attempt to restore the partition table after flash.
-    -k           include in backup a list of current installed packages (not implemented yet)
+    -k           include in backup a list of current installed packages at
+                 {backup.INSTALLED_PACKAGES}
     -s           stay on current partition (for dual firmware devices)
     -P           create factory provisioning partition
     -T | --test
@@ -96,13 +120,29 @@ upgrade-option:
     -F | --force
                  Flash image even if image checks fail, this is dangerous!
     --ignore-minor-compat-version
-                 Skip the minor compat version check when keeping the config.
+                 Flash image even if the minor compat version is incompatible.
     -q           less verbose
     -v           more verbose
     -h | --help  display this help
 
-Not implemented yet: -i -c -o -u -f <config>, -b|-r <file>, -l, and http(s) image URLs.
+backup-command:
+    -b | --create-backup <file>
+                 create .tar.gz of files specified in sysupgrade.conf
+                 then exit. Does not flash an image. If file is '-',
+                 i.e. stdout, verbosity is set to 0 (i.e. quiet).
+    -r | --restore-backup <file>
+                 restore a .tar.gz created with sysupgrade -b
+                 then exit. Does not flash an image. If file is '-',
+                 the archive is read from stdin.
+    -l | --list-backup
+                 list the files that would be backed up when calling
+                 sysupgrade -b. Does not create a backup file.
+
+The image may be a path or an http(s) URL (downloaded to /tmp/sysupgrade.img).
 """
+
+BOTH_IMAGE_AND_BACKUP = ("-b|--create-backup and -r|--restore-backup do not perform a firmware upgrade.\n"
+                         "Do not specify both -b|-r and a firmware image.")
 
 
 class UsageError(UpgradeError):
@@ -116,7 +156,10 @@ class NotImplementedYet(InvalidInput):
 @dataclass
 class Options:
     image: str | None = None
+    interactive: bool = False  # INTERACTIVE (-i)
     save_config: bool = True  # SAVE_CONFIG
+    overlay_path: str | None = None  # SAVE_OVERLAY_PATH: "/etc" (-c), "/" (-o)
+    skip_unchanged: bool = False  # SKIP_UNCHANGED (-u)
     force: bool = False  # FORCE
     test: bool = False  # -T
     verbose: int = 1  # VERBOSE
@@ -125,7 +168,20 @@ class Options:
     use_curr_part: bool = False  # USE_CURR_PART
     save_installed_pkgs: bool = False  # SAVE_INSTALLED_PKGS (-k)
     ignore_minor_compat: bool = False  # IGNORE_MINOR_COMPAT
+    conf_image: str | None = None  # CONF_IMAGE (-f)
+    create_backup: str | None = None  # CONF_BACKUP (-b)
+    restore_backup: str | None = None  # CONF_RESTORE (-r)
+    list_backup: bool = False  # CONF_BACKUP_LIST (-l)
     help: bool = False
+
+    @property
+    def backup_command(self) -> bool:
+        """NEED_IMAGE in OpenWrt (which, despite the name, means "no image wanted")."""
+        return self.create_backup is not None or self.restore_backup is not None
+
+    @property
+    def selection(self) -> backup.Selection:
+        return backup.Selection(self.overlay_path, self.skip_unchanged, self.save_installed_pkgs)
 
 
 def _set(**values: Any) -> Callable[[Options], None]:
@@ -143,29 +199,38 @@ def _less_verbose(opts: Options) -> None:
     opts.verbose -= 1
 
 
-# option word -> effect; each takes no argument
+# option word -> effect, for the options without an argument
 SWITCHES: dict[str, Callable[[Options], None]] = {
-    "-n": _set(save_config=False),
-    "-F": _set(force=True), "--force": _set(force=True),
-    "-T": _set(test=True), "--test": _set(test=True),
+    "-i": _set(interactive=True),
     "-v": _more_verbose,
     "-q": _less_verbose,
+    "-n": _set(save_config=False),
+    "-c": _set(overlay_path="/etc"),
+    "-o": _set(overlay_path="/"),
     "-p": _set(save_partitions=False),
-    "-P": _set(add_provisioning=True),
-    "-s": _set(use_curr_part=True),
     "-k": _set(save_installed_pkgs=True),
+    "-s": _set(use_curr_part=True),
+    "-u": _set(skip_unchanged=True),
+    "-P": _set(add_provisioning=True),
+    "-l": _set(list_backup=True), "--list-backup": _set(list_backup=True),
+    "-F": _set(force=True), "--force": _set(force=True),
+    "-T": _set(test=True), "--test": _set(test=True),
     "--ignore-minor-compat-version": _set(ignore_minor_compat=True),
     "-h": _set(help=True), "--help": _set(help=True),
 }
-# OpenWrt options a later issue implements
-NOT_YET = frozenset({"-i", "-c", "-o", "-u", "-f", "-b", "--create-backup", "-r", "--restore-backup",
-                     "-l", "--list-backup"})
+# option word -> the Options field its argument (the next word) goes to
+WITH_ARGUMENT: dict[str, str] = {
+    "-b": "create_backup", "--create-backup": "create_backup",
+    "-r": "restore_backup", "--restore-backup": "restore_backup",
+    "-f": "conf_image",
+}
 
 
 def parse_args(argv: list[str]) -> Options:
     """Options until the first word not starting with ``-``; that word is the image."""
     opts = Options()
-    for word in argv:
+    words = iter(argv)
+    for word in words:
         if not word.startswith("-"):
             opts.image = word
             break
@@ -173,8 +238,11 @@ def parse_args(argv: list[str]) -> Options:
             SWITCHES[word](opts)
             if opts.help:
                 break
-        elif word in NOT_YET:
-            raise NotImplementedYet(f"Option {word} is not implemented yet")
+        elif word in WITH_ARGUMENT:
+            value = next(words, "")
+            if not value:  # OpenWrt would take "" and go on to fail elsewhere
+                raise UsageError(f"Option {word} needs an argument")
+            setattr(opts, WITH_ARGUMENT[word], value)
         else:
             raise UsageError(f"Invalid option: {word}")
     return opts
@@ -198,28 +266,190 @@ class Console:
         print(line, file=sys.stderr, flush=True)
 
 
+@dataclass
+class Prompt:
+    """OpenWrt's ``ask_bool``: the default without ``-i``; with it, the question (``(y/N)`` or
+    ``(Y/n)``) on stderr and one line from stdin: ``y...`` is yes, ``n...`` no, anything else (an empty
+    line, end of input) the default."""
+
+    interactive: bool = False
+
+    def ask(self, default: bool, question: str) -> bool:
+        if not self.interactive:
+            return default
+        sys.stderr.write(f"{question} ({'Y/n' if default else 'y/N'}): ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().lstrip(" \t")
+        if answer.startswith("y"):
+            return True
+        if answer.startswith("n"):
+            return False
+        return default
+
+
 # --- the steps -----------------------------------------------------------------------------------
 
 
-def locate_image(arg: str, root: str, console: Console) -> str:
-    """Host path of the image inside the system's /tmp, copying it there (streamed) when needed."""
-    if arg.startswith(("http://", "https://")):
-        raise NotImplementedYet("Fetching the image from a URL is not implemented yet")
-    real = os.path.realpath(arg)
-    if not os.path.isfile(real):
-        raise UsageError("Image file not found.")
-    tmp = os.path.realpath(paths.rooted(paths.TMP, root))
-    if real.startswith(tmp + "/"):
-        return real
-    console.info("Image not in /tmp, copying...")
-    dest = paths.rooted(paths.IMAGE_COPY, root)
+def check_prerequisites(opts: Options, root: str) -> None:
+    """``-c``/``-o`` need the overlay's upper /etc, ``-u`` needs /rom (checked before any command)."""
+    if opts.overlay_path is not None and not os.path.isdir(paths.rooted(paths.OVERLAY_UPPER_ETC, root)):
+        raise UsageError(f"Cannot find '{paths.OVERLAY_UPPER_ETC}', required for '-c' or '-o'")
+    if opts.skip_unchanged and not os.path.isdir(paths.rooted(paths.ROM, root)):
+        raise UsageError(f"'{paths.ROM}' is required by '-u'")
+
+
+def list_backup(opts: Options, root: str) -> int:
+    """``-l``: the files ``-b`` would save, one per line on stdout."""
+    sys.stdout.write("".join(f"{p}\n" for p in backup.listing(root, opts.selection)))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def edit_file_list(files: list[str], root: str, console: Console) -> list[str]:
+    """``Edit config file list``: the list in ``/tmp/sysupgrade.conffiles``, opened in ``$EDITOR``
+    (default vi, on the user's terminal: not through ``wrtcore.run``, which captures output), read back;
+    a directory named there is walked like the lists. An editor that cannot be started leaves the list
+    as it was (OpenWrt goes on when vi fails); the list file itself failing fails the backup."""
+    list_file = paths.rooted(paths.CONFFILES, root)
+    editor = shlex.split(os.environ.get("EDITOR") or "vi")
     try:
-        shutil.copyfile(real, dest)
+        with open(list_file, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write("".join(f"{p}\n" for p in files))
+        try:
+            subprocess.run([*editor, list_file], check=False)
+        except OSError as exc:
+            console.error(f"{editor[0]}: {exc.strerror or exc}")
+        with open(list_file, encoding="utf-8", errors="surrogateescape") as f:
+            lines = [line.strip() for line in f]
+    except OSError as exc:
+        raise backup.BackupError(f"{paths.CONFFILES}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(list_file)
+    edited: set[str] = set()
+    for line in lines:
+        if line and not line.startswith("#"):
+            edited.update(backup.find_files(root, line))
+    return sorted(edited)
+
+
+def save_config(dest: str, opts: Options, root: str, console: Console, prompt: Prompt) -> bool:
+    """OpenWrt's ``create_backup_archive``: the archive at ``dest`` (host path, ``-`` for stdout).
+    False when the user chose to abort (``-i`` on a ramdisk root); raises ``BackupError``."""
+    if backup.rootfs_type(root) == "tmpfs":
+        console.error("Cannot save config while running from ramdisk.")
+        if prompt.ask(False, "Abort"):
+            return False
+        if dest != "-":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dest)
+        return True
+    selection = opts.selection
+    files = backup.build_file_list(root, selection)
+    if prompt.ask(False, "Edit config file list"):
+        files = edit_file_list(files, root, console)
+    console.info("Saving config files...")
+    try:
+        if dest == "-":
+            members = backup.synthetic_members(root, selection)
+            result = backup.write_backup(sys.stdout.buffer, root, files, members, console.error)
+            sys.stdout.buffer.flush()
+        else:
+            result = backup.create_backup(root, dest, files, selection=selection, say=console.error)
+    except backup.BackupError as exc:
+        if exc.hint:  # what went wrong first, as tar's own message precedes OpenWrt's
+            console.error(exc.hint)
+        raise backup.BackupError() from exc
+    for path in result.added:  # tar's v
+        console.debug(path.lstrip("/"))
+    return True
+
+
+def create_backup(opts: Options, root: str, console: Console, prompt: Prompt) -> int:
+    """``-b <file>``: the archive, then exit (0 also when the user aborted on a ramdisk)."""
+    assert opts.create_backup is not None
+    save_config(opts.create_backup, opts, root, console, prompt)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _archive_file(source: str, root: str) -> Iterator[str]:
+    """The archive as a file: ``source`` itself, or stdin spooled into the system's /tmp."""
+    if source != "-":
+        yield source
+        return
+    tmp = paths.rooted(paths.TMP, root)
+    fd, name = tempfile.mkstemp(prefix="sysupgrade-restore.", suffix=".tgz",
+                                dir=tmp if os.path.isdir(tmp) else None)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def restore_backup(opts: Options, root: str, console: Console) -> int:
+    """``-r <file>``: extract the archive over the root, the safe way preinit does."""
+    source = opts.restore_backup
+    assert source is not None
+    if source != "-" and not os.path.isfile(source):
+        raise UsageError(f"Backup archive '{source}' not found.")
+    console.info("Restoring config files...")
+    try:
+        with _archive_file(source, root) as archive:
+            result = restore.extract(archive, root)
+    except (EOFError, tarfile.TarError, zlib.error) as exc:
+        raise UpgradeError("Failed to restore the configuration backup: damaged or not a .tar.gz archive",
+                           " ".join(str(exc).split())) from exc
+    except OSError as exc:
+        raise UpgradeError(f"Failed to restore the configuration backup: {exc}") from exc
+    for name in result["restored"]:  # tar's v
+        console.debug(name)
+    return EXIT_OK
+
+
+def use_config_archive(source: str, root: str, console: Console) -> None:
+    """``-f <cfg>``: a local .tar.gz (gzip magic), copied to ``/tmp/sysupgrade.tgz``."""
+    invalid = UsageError("Invalid config file. Please use only .tar.gz files")
+    if "://" in source:
+        console.error(f"A config archive cannot be fetched from a URL ({source}): download it and "
+                      "give its path")
+        raise invalid
+    try:
+        with open(source, "rb") as f:
+            magic = f.read(2)
+    except OSError:
+        magic = b""
+    if magic != GZIP_MAGIC:
+        raise invalid
+    target = paths.rooted(paths.CONF_TAR, root)
+    with contextlib.suppress(OSError):
+        if os.path.samefile(source, target):
+            return
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            os.unlink(dest)
-        raise UpgradeError(f"Failed to copy the image to {paths.IMAGE_COPY}: {exc.strerror or exc}") from exc
-    return dest
+            os.unlink(tmp)
+        raise UpgradeError(f"Failed to copy the config file to {paths.CONF_TAR}: {exc.strerror or exc}") \
+            from exc
+
+
+def locate_image(arg: str, root: str, console: Console) -> str:
+    """Host path of the image inside the system's /tmp: used in place there, else copied or downloaded
+    (http/https, with progress) once, after checking that RAM has room (``sysupgrade.fetch``)."""
+    stream: TextIO = sys.stderr if console.verbose >= 1 else open(os.devnull, "w")  # noqa: SIM115
+    try:
+        return fetch.get_image(arg, root=root, say=console.info, progress_stream=stream)
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
 
 
 def validator_env(opts: Options, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -260,176 +490,31 @@ def build_request(image_path: str, opts: Options) -> dict[str, Any]:
     return message
 
 
-def failsafe_handover(image_path: str) -> bytes:
-    """``/tmp/sysupgrade`` content: RAM_ROOT, image and command, NUL-separated, no trailing NUL."""
-    return b"\0".join(os.fsencode(p) for p in (paths.RAM_ROOT, image_path, paths.STAGE2_COMMAND))
-
-
-def write_failsafe_handover(image_path: str, root: str) -> None:
-    target = paths.rooted(paths.FAILSAFE_HANDOVER, root)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(failsafe_handover(image_path))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)  # the watcher never sees half a file
-
-
-def wake_failsafe(root: str) -> bool:
-    """OpenWrt unlocks /tmp/.failsafe so that preinit, waiting in failsafe, goes on to the upgrade.
-    Here it is a FIFO preinit reads: one line wakes it. False when nobody waits on it."""
-    try:
-        fd = os.open(paths.rooted(paths.FAILSAFE_LOCK, root), os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:  # ENOENT: not in failsafe preinit; ENXIO: no reader
-        return False
-    try:
-        os.write(fd, b"sysupgrade\n")
-    finally:
-        os.close(fd)
-    return True
-
-
-# --- the bus -------------------------------------------------------------------------------------
-
-
-def socket_path(root: str, env: Mapping[str, str] | None = None) -> str:
-    value = (os.environ if env is None else env).get(SOCKET_ENV)
-    return value or paths.rooted(paths.UPGRADED_SOCKET, root)
-
-
-def _encode(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def _send_request(path: str, message: Mapping[str, Any],
-                  reply_timeout: float = REPLY_TIMEOUT) -> Iterator[dict[str, Any]]:
-    """Subscribe to ``system`` events, ``call system sysupgrade``, yield what arrives until EOF.
-
-    Newline-delimited JSON-RPC 2.0 on a unix stream socket: the call's reply (id 2) and then
-    ``system.progress`` notifications are yielded as decoded objects. Raises ``BusUnavailable`` when
-    the socket cannot be reached, ``UpgradeError`` on a timeout or an unreadable line. (A private copy
-    of the protocol until ``upgraded.client`` settles.)
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(reply_timeout)
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise BusUnavailable("Command failed: Connection failed",
-                             f"{path}: {exc.strerror or exc}") from exc
-    with sock, sock.makefile("rb") as rfile:
-
-        def receive() -> dict[str, Any] | None:
-            try:
-                line = rfile.readline(MAX_LINE)
-            except TimeoutError as exc:
-                raise UpgradeError("Command failed: Request timed out") from exc
-            except OSError:
-                return None  # reset by the peer: the connection is gone, as at the reboot
-            if not line:
-                return None
-            if not line.endswith(b"\n") and len(line) >= MAX_LINE:
-                raise UpgradeError("Command failed: reply from upgraded too long")
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise UpgradeError("Command failed: unreadable reply from upgraded") from exc
-            if not isinstance(obj, dict):
-                raise UpgradeError("Command failed: unreadable reply from upgraded")
-            return obj
-
-        try:
-            sock.sendall(_encode({"jsonrpc": "2.0", "id": 1, "method": "subscribe",
-                                  "params": [UBUS_SID, "system"]}))
-            while (msg := receive()) is not None and msg.get("id") != 1:
-                yield msg
-            if msg is None:
-                return
-            sock.sendall(_encode({"jsonrpc": "2.0", "id": 2, "method": "call",
-                                  "params": [UBUS_SID, "system", "sysupgrade", dict(message)]}))
-        except OSError as exc:
-            raise BusUnavailable("Command failed: Connection failed", str(exc)) from exc
-        while (msg := receive()) is not None:
-            if msg.get("id") == 2:
-                sock.settimeout(None)  # accepted or not, the rest lasts until the reboot
-            yield msg
-
-
-def _reply_outcome(msg: Mapping[str, Any]) -> tuple[bool, str | None]:
-    """(accepted, error message) from the call's reply."""
-    if isinstance(msg.get("error"), Mapping):
-        return False, f"Command failed: {msg['error'].get('message', 'unknown error')}"
-    result = msg.get("result")
-    if not isinstance(result, list) or not result or not isinstance(result[0], int):
-        return False, "Command failed: unreadable reply from upgraded"
-    status = result[0]
-    body = result[1] if len(result) > 1 and isinstance(result[1], Mapping) else {}
-    if status == 0 and body.get("accepted", True) is not False:
-        return True, None
-    error = body.get("error")
-    if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-        return False, error["message"]
-    return False, f"Command failed: {UBUS_STATUS.get(status, f'status {status}')}"
-
-
-def describe_progress(params: Mapping[str, Any]) -> str:
-    words = [str(params[k]) for k in ("state", "event", "step") if params.get(k)]
-    progress = params.get("progress")
-    if isinstance(progress, Mapping) and progress.get("total"):
-        words.append(f"[{progress.get('done', 0)}/{progress['total']}]")
-    for key in ("message", "error"):
-        if params.get(key):
-            words.append(f"{key}={params[key]}")
-    return "upgrade: " + " ".join(words)
-
-
-def request_upgrade(path: str, message: Mapping[str, Any], console: Console) -> int:
-    """Send the request, report the answer, follow the progress; the exit code."""
-    accepted = False
-    failure: str | None = None
-    for msg in _send_request(path, message):
-        if msg.get("id") == 2 and not accepted:
-            accepted, error = _reply_outcome(msg)
-            if not accepted:
-                console.error(error or "Command failed")
-                return EXIT_FAILURE
-            console.info("Upgrade accepted; following its progress until the reboot.")
-            continue
-        if msg.get("method") == "system.progress" and isinstance(msg.get("params"), Mapping):
-            params = msg["params"]
-            console.info(describe_progress(params))
-            if params.get("state") in FAILED_STATES:
-                failure = describe_progress(params)
-    if not accepted:
-        raise BusUnavailable("Command failed: Connection failed", "upgraded closed the connection unanswered")
-    if failure is not None:
-        console.error(f"Upgrade failed after it was accepted ({failure})")
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
 # --- main ----------------------------------------------------------------------------------------
 
 
-def upgrade(opts: Options, root: str, console: Console) -> int:
+def upgrade(opts: Options, root: str, console: Console, prompt: Prompt) -> int:
     assert opts.image is not None
     image = locate_image(opts.image, root, console)
     image_path = paths.unrooted(image, root) or image
     check_image(image, opts, root, console)
 
     conf_tar = paths.rooted(paths.CONF_TAR, root)
-    if opts.save_config:
-        if opts.save_installed_pkgs:
-            console.info("Note: -k (list of installed packages in the backup) is not implemented yet")
+    if opts.conf_image is not None:
+        use_config_archive(opts.conf_image, root, console)  # also with -T
+        keep = True
+    elif prompt.ask(opts.save_config, "Keep config files over reflash"):
+        if not opts.test and not save_config(conf_tar, opts, root, console, prompt):
+            return EXIT_OK  # aborted on a ramdisk root: OpenWrt's `exit` after a true ask_bool
+        keep = True
+    else:
         if not opts.test:
-            console.info("Saving config files...")
-            backup.create_backup(root, say=console.error)
-    elif not opts.test:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(conf_tar)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(conf_tar)
+        keep = False
     if opts.test:
         return EXIT_OK
+    opts = dataclasses.replace(opts, save_config=keep)
 
     console.info("Commencing upgrade. Closing all shell sessions.")
     if os.environ.get("FAILSAFE"):
@@ -439,18 +524,36 @@ def upgrade(opts: Options, root: str, console: Console) -> int:
     return request_upgrade(socket_path(root), build_request(image_path, opts), console)
 
 
+def run(opts: Options, root: str, console: Console) -> int:
+    """Everything after parsing, in OpenWrt's order of checks and commands."""
+    if opts.help:
+        sys.stdout.write(HELP)
+        return EXIT_OK
+    if opts.image is None and not opts.backup_command and not opts.list_backup:
+        sys.stderr.write(HELP)
+        return EXIT_FAILURE
+    if opts.image is not None and opts.backup_command:
+        console.error(BOTH_IMAGE_AND_BACKUP)
+        return EXIT_FAILURE
+    if opts.create_backup == "-":
+        console.verbose = opts.verbose = 0  # nothing may clobber the archive on stdout
+    check_prerequisites(opts, root)
+    prompt = Prompt(opts.interactive)
+    if opts.list_backup:
+        return list_backup(opts, root)
+    if opts.create_backup is not None:
+        return create_backup(opts, root, console, prompt)
+    if opts.restore_backup is not None:
+        return restore_backup(opts, root, console)
+    return upgrade(opts, root, console, prompt)
+
+
 def main(argv: list[str]) -> int:
     console = Console()
     try:
         opts = parse_args(argv)
         console.verbose = opts.verbose
-        if opts.help:
-            sys.stdout.write(HELP)
-            return EXIT_OK
-        if opts.image is None:
-            sys.stderr.write(HELP)
-            return EXIT_FAILURE
-        return upgrade(opts, paths.root(), console)
+        return run(opts, paths.root(), console)
     except UpgradeError as exc:
         console.error(exc.message)
         if exc.hint:
@@ -461,6 +564,7 @@ def main(argv: list[str]) -> int:
 
 
 def entry() -> None:
+    log.setup("sysupgrade")  # preinit.restore's warnings (refused members) go to stderr
     sys.exit(main(sys.argv[1:]))
 
 

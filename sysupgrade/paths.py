@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 
 ROOT_ENV = "WRT_ROOT"
+MOUNTINFO_ENV = "WRT_MOUNTINFO"  # the mount table to read instead of /proc/self/mountinfo (tests)
 
 TMP = "/tmp"
 SYSINFO_BOARD_NAME = "/tmp/sysinfo/board_name"
@@ -22,12 +23,16 @@ KEEP_D = "/lib/upgrade/keep.d"
 INIT_D = "/etc/init.d"
 RC_D = "/etc/rc.d"
 CONF_TAR = "/tmp/sysupgrade.tgz"  # CONF_TAR in sysupgrade
+CONFFILES = "/tmp/sysupgrade.conffiles"  # CONFFILES in sysupgrade: the list -i offers to edit
+OVERLAY_UPPER_ETC = "/overlay/upper/etc"  # required by -c and -o
+ROM = "/rom/"  # required by -u
 IMAGE_COPY = "/tmp/sysupgrade.img"
 RAM_ROOT = "/tmp/root"  # RAM_ROOT in common.sh
 STAGE2_COMMAND = "/lib/upgrade/do_stage2"  # COMMAND in sysupgrade
 FAILSAFE_HANDOVER = "/tmp/sysupgrade"
 FAILSAFE_LOCK = "/tmp/.failsafe"  # preinit waits on it in failsafe (a FIFO here, a lock file in OpenWrt)
 UPGRADED_SOCKET = "/var/run/upgraded.sock"
+MOUNTINFO = "/proc/self/mountinfo"  # a host path: never under WRT_ROOT
 
 
 def root(env: Mapping[str, str] | None = None) -> str:

@@ -3,29 +3,68 @@
 Prints ONLY one JSON object on stdout (procd and upgraded parse it); every explanation goes to stderr as
 plain lines. Exit status is 0 whenever a verdict was printed::
 
-    {"tests": {"fwtool_signature": true, "fwtool_device_match": true},
+    {"tests": {"fwtool_signature": true, "fwtool_device_match": true, "x86_partition_layout": true},
      "valid": true, "forceable": true, "allow_backup": true}
 
-The checks and their messages follow OpenWrt's ``lib/upgrade/fwtool.sh`` and
-``usr/libexec/validate_firmware_image`` (reference sections 4.2-4.3):
+The checks and their messages follow OpenWrt's ``lib/upgrade/fwtool.sh``,
+``usr/libexec/validate_firmware_image`` and x86's ``platform.sh`` (reference 4.2, 4.3, 5.5). A failed
+``fwtool_*`` test makes the image invalid; every failure stays forceable (``-F`` overrides it) except a
+*broken* one: an unreadable image, or a platform check returning 74. A platform's own tests (such as
+``x86_partition_layout``) are reported without deciding anything, like ``notify_firmware_test_result``.
 
-- readability: an image that cannot be read at all, or is empty, is *broken* (valid=false,
-  forceable=false: ``-F`` cannot override it), like ``platform_check_image`` returning 74. The other
-  tests are then reported as failed without running.
-- ``fwtool_signature``: no signature chunk passes unless ``REQUIRE_IMAGE_SIGNATURE=1``. Verifying a
-  present signature (usign/ucert) is NOT IMPLEMENTED yet: such an image passes only when no signature is
-  required (as on an OpenWrt without ``ucert``); when one is required it fails, it is never faked.
-- ``fwtool_device_match``: the metadata trailer against ``/tmp/sysinfo/board_name`` (or ``oem_name``),
-  ``compat_version`` against the device's (``system.@system[0].compat_version`` in
-  ``/etc/config/system``, default 1.0), honouring ``SAVE_CONFIG`` and ``IGNORE_MINOR_COMPAT``. No metadata
-  passes unless ``REQUIRE_IMAGE_METADATA=1``. Deliberate difference: a metadata trailer with a CRC
-  error, or unusable metadata, fails (OpenWrt's script treats a CRC error as "not present").
-- platform check (``WRT_PLATFORM``, default ``x86``): the first two bytes must be ``eb48`` or ``eb63``
-  (MBR boot code), else ``Invalid image type`` and valid=false.
+Behaviour (V = valid, F = forceable after the check; "-" leaves both as they were)::
 
-Every failure except "broken" leaves forceable=true. Environment read: ``REQUIRE_IMAGE_SIGNATURE``,
-``REQUIRE_IMAGE_METADATA``, ``SAVE_CONFIG``, ``IGNORE_MINOR_COMPAT``, ``FORCE``, ``WRT_PLATFORM`` and
-``WRT_ROOT`` (prefix of ``/tmp/sysinfo`` and ``/etc``). The image argument is a path on this host.
+    check                                           V  F  stderr
+    image missing / not a regular file / empty      0  0  Cannot read image <img>: <why> | Image <img> is
+                                                          not a regular file | Image file is empty
+    fwtool_signature
+      no verifier (python3-cryptography missing)    -  -  (nothing)
+        with REQUIRE_IMAGE_SIGNATURE=1              0  1  Image signature cannot be checked: ...
+      no signature chunk                            -  -  Image signature not present
+        with REQUIRE_IMAGE_SIGNATURE=1              0  1  + Use sysupgrade -F to override this check when
+                                                          downgrading or flashing to vendor firmware
+                                                          (the hint only without FORCE=1)
+      chunk with a CRC error, or over 1 KiB         0  1  Image signature not readable: CRC error | ...
+      ucert chain verifies                          -  -  OK (one line per element)
+      chunk is not a ucert blob                     0  1  cert_verify: cannot parse cert
+      key number not in /etc/opkg/keys              0  1  Failed to decode public key + which key
+      revoked key                                   0  1  key <k> has been revoked!
+      signature does not match                      0  1  verification failed
+      certificate expired, wrong type, ...          0  1  chain_verify: certificate expired | ...
+    fwtool_device_match
+      no metadata chunk                             -  -  Image metadata not present
+        with REQUIRE_IMAGE_METADATA=1               0  1  + the -F hint (without FORCE=1)
+      CRC error, or metadata over 30 KiB            0  1  Invalid image metadata: CRC error | Chunk too ...
+      metadata not a JSON object                    0  1  Invalid image metadata + why
+      no (new_)supported_devices list               0  1  Image metadata has no <key> list
+      board (or OEM name) not listed                0  1  Device <board> not supported by this image
+                                                          Supported devices: <list>
+      major compat_version differs (with or         0  1  The device is supported, but this image is
+      without IGNORE_MINOR_COMPAT=1)                      incompatible for sysupgrade based on the image
+                                                          version (<dev>-><img>). [+ compat_message]
+      compat differs or OEM match, SAVE_CONFIG=1    0  1  The device is supported, but the config is
+      (passes with IGNORE_MINOR_COMPAT=1 or -n)           incompatible to the new image (<dev>-><img>).
+                                                          Please upgrade without keeping config
+                                                          (sysupgrade -n). [+ compat_message]
+    platform_check_image (WRT_PLATFORM, default x86)
+      unknown platform                              0  1  Firmware upgrade is not implemented for this
+                                                          platform (<name>).
+      x86: first bytes not eb48/eb63                0  1  Invalid image type
+      x86: root= names no disk found here           -  -  Unable to determine upgrade device
+      x86: image without a partition table          0  1  Invalid partition table on <img>
+      x86: layout differs from the boot disk's      -  -  Partition layout has changed. Full image will
+                                                          be written. (test x86_partition_layout false)
+      any platform check returning 74               0  0  (the platform's own)
+
+Deliberate differences from OpenWrt, all stricter: a trailer with a CRC error or an oversized chunk
+fails the test that reads it (OpenWrt's ``fwtool -q`` reports it as "not present", so a damaged image
+passed when nothing was required); the differences of ``sysupgrade.usign`` and ``sysupgrade.platform_x86``
+are described there. The signed part of the image is mapped, not read into memory (see ``usign``).
+
+Environment read: ``REQUIRE_IMAGE_SIGNATURE``, ``REQUIRE_IMAGE_METADATA``, ``SAVE_CONFIG``,
+``IGNORE_MINOR_COMPAT``, ``FORCE``, ``WRT_PLATFORM`` (default ``x86``), ``WRT_CMDLINE`` (else
+/proc/cmdline, for the boot disk) and ``WRT_ROOT`` (prefix of ``/tmp/sysinfo``, ``/etc`` and
+``/etc/opkg/keys``). The image argument is a path on this host.
 """
 
 from __future__ import annotations
@@ -37,11 +76,10 @@ import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from stage2.formats import fwtool
-from sysupgrade import paths
+from sysupgrade import paths, platform_x86, usign
 
 Say = Callable[[str], None]
 
@@ -61,10 +99,14 @@ class Verdict:
     allow_backup: bool = True
 
     def record(self, name: str, passed: bool) -> None:
-        """``notify_firmware_test_result``: a failed test makes the image invalid (still forceable)."""
+        """An fwtool test: failing makes the image invalid (still forceable)."""
         self.tests[name] = passed
         if not passed:
             self.valid = False
+
+    def note(self, name: str, passed: bool) -> None:
+        """``notify_firmware_test_result``: a platform's test result, reported without a verdict."""
+        self.tests[name] = passed
 
     def invalid(self) -> None:
         self.valid = False
@@ -102,13 +144,19 @@ class Context:
             return ""
 
 
-class PlatformResult(Enum):
-    OK = "ok"
-    INVALID = "invalid"  # platform_check_image exit != 0: -F may override
-    BROKEN = "broken"  # platform_check_image exit 74: -F cannot override
+PLATFORM_OK = 0
+PLATFORM_BROKEN = 74  # platform_check_image's "-F cannot override this" status
 
 
-PlatformCheck = Callable[[Context, Verdict], PlatformResult]
+@dataclass(frozen=True)
+class PlatformOutcome:
+    """What a ``platform_check_image`` returned: 0 ok, 74 broken, anything else invalid; its tests."""
+
+    status: int
+    tests: Mapping[str, bool] = field(default_factory=dict)
+
+
+PlatformCheck = Callable[[Context], PlatformOutcome]
 
 
 # --- readability ---------------------------------------------------------------------------------
@@ -134,20 +182,35 @@ def check_readable(ctx: Context) -> bool:
 
 
 def check_signature(ctx: Context) -> bool:
-    """``fwtool_check_signature``; verification of a present signature is not implemented yet."""
+    """``fwtool_check_signature``: the ucert chain of the signature chunk against ``/etc/opkg/keys``."""
     required = ctx.flag("REQUIRE_IMAGE_SIGNATURE")
+    if not usign.verifier_available():  # OpenWrt without /usr/bin/ucert
+        if required:
+            ctx.say("Image signature cannot be checked: no Ed25519 verifier (python3-cryptography) here")
+        return not required
     try:
-        fwtool.extract_signature(ctx.image)
-    except (fwtool.FwtoolError, OSError):
+        chunk, blob = fwtool.signature_chunk(ctx.image)
+    except fwtool.DataNotFound:
         ctx.say("Image signature not present")
         if required and not ctx.flag("FORCE"):
             ctx.say(FORCE_HINT)
         return not required
-    if required:
-        ctx.say("Image signature present, but signature verification is not implemented yet")
+    except fwtool.FwtoolError as exc:  # CRC error, oversized chunk: a damaged image, not an unsigned one
+        ctx.say(f"Image signature not readable: {exc}")
         return False
-    ctx.say("Image signature present but not verified (verification not implemented; not required)")
-    return True
+    except OSError as exc:
+        ctx.say(f"Cannot read image {ctx.image}: {exc.strerror or exc}")
+        return False
+    keydir = paths.rooted(usign.KEYDIR, ctx.root)
+    try:
+        with usign.mapped(ctx.image, chunk.offset) as message:
+            result = usign.verify_ucert(blob, message, keydir)
+    except (OSError, ValueError, OverflowError) as exc:  # mmap: file changed, address space
+        ctx.say(f"Cannot map image {ctx.image} for signature verification: {exc}")
+        return False
+    for line in result.lines:
+        ctx.say(line)
+    return result.ok
 
 
 # --- fwtool_check_image --------------------------------------------------------------------------
@@ -232,8 +295,10 @@ def check_image(ctx: Context) -> bool:
     """``fwtool_check_image``: metadata present (or not required) and matching this device."""
     try:
         metadata = fwtool.extract_metadata(ctx.image, missing_ok=True)
-    except fwtool.InvalidMetadata as exc:  # "Invalid image metadata (<why>)"
-        ctx.say(str(exc))
+    except fwtool.InvalidMetadata as exc:  # "Invalid image metadata", then why
+        ctx.say(exc.message)
+        if exc.hint:
+            ctx.say(exc.hint)
         return False
     except fwtool.FwtoolError as exc:  # CRC error, oversized chunk
         ctx.say(f"Invalid image metadata: {exc}")
@@ -253,29 +318,12 @@ def check_image(ctx: Context) -> bool:
 # --- platform_check_image ------------------------------------------------------------------------
 
 
-def read_magic_word(image: str) -> str:
-    """``get_magic_word``: the first two bytes as four hex digits ("" if shorter)."""
-    with open(image, "rb") as f:
-        head = f.read(2)
-    return head.hex() if len(head) == 2 else ""
-
-
-def platform_check_x86(ctx: Context, verdict: Verdict) -> PlatformResult:
-    """x86's ``platform_check_image``: an MBR boot sector (``eb48``/``eb63``) starts the image.
-
-    Not yet done: comparing the image's partition table with the boot disk's
-    (``Partition layout has changed. Full image will be written.``); that needs the boot disk, which
-    the block writer will find.
-    """
-    try:
-        magic = read_magic_word(ctx.image)
-    except OSError as exc:
-        ctx.say(f"Cannot read image {ctx.image}: {exc.strerror or exc}")
-        return PlatformResult.BROKEN
-    if magic not in ("eb48", "eb63"):
-        ctx.say("Invalid image type")
-        return PlatformResult.INVALID
-    return PlatformResult.OK
+def platform_check_x86(ctx: Context) -> PlatformOutcome:
+    """x86: MBR boot code, and the partition layout against the boot disk (``sysupgrade.platform_x86``)."""
+    result = platform_x86.check_image(ctx.image, root=ctx.root, env=ctx.env, say=ctx.say)
+    tests = {} if result.layout_unchanged is None else {
+        platform_x86.TEST_PARTITION_LAYOUT: result.layout_unchanged}
+    return PlatformOutcome(result.status, tests)
 
 
 PLATFORM_CHECKS: dict[str, PlatformCheck] = {"x86": platform_check_x86}
@@ -311,10 +359,12 @@ def validate_image(image: str, *, env: Mapping[str, str] | None = None, root: st
         ctx.say(f"Firmware upgrade is not implemented for this platform ({name}).")
         verdict.invalid()
         return verdict
-    result = check(ctx, verdict)
-    if result is PlatformResult.BROKEN:
+    outcome = check(ctx)
+    for test, passed in outcome.tests.items():
+        verdict.note(test, passed)
+    if outcome.status == PLATFORM_BROKEN:
         verdict.broken()
-    elif result is PlatformResult.INVALID:
+    elif outcome.status != PLATFORM_OK:
         verdict.invalid()
     return verdict
 

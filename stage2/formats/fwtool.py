@@ -11,15 +11,21 @@ big-endian trailer::
     9   3    pad    zero
     12  4    size   data length + 16
 
-Metadata data is an 8-byte header (version 0, flags 0) followed by JSON text; signature data is the
-ucert blob. The build appends metadata first and the signature last, so the signature covers the
-metadata. Chunks are found by walking trailers backwards from the end of the file; the image itself is
-never read into memory (the CRCs are streamed in one pass over the file).
+Metadata data is an 8-byte header (version 0, flags 0) followed by JSON text (at most 30 KiB); signature
+data is the ucert blob (at most 1 KiB, see ``sysupgrade.usign``). The build appends metadata first and the
+signature last, so the signature covers the image and the metadata. Chunks are found by walking trailers
+backwards from the end of the file, as fwtool does: a search for metadata skips signature chunks, chunks
+of unknown type and metadata whose header version is not 0; a search for the signature skips unknown
+types and ends at the first metadata chunk. The image itself is never read into memory (the CRCs are
+streamed in one pass over the file). Stricter than fwtool: a chunk over its type's limit is refused
+when read (fwtool only refuses more than 32 KiB), and every chunk's CRC is checked, not just the CRCs
+up to the chunk found.
 
 Run as ``python -m stage2.formats.fwtool [-i|-I|-s|-S <file>] [-q] [-t] [-T] <image>`` it behaves like
 ``fwtool``: ``-i``/``-s`` extract metadata/signature into a file (``-`` = stdout), ``-I``/``-S`` append
-them, ``-t`` truncates the image before the extracted chunk, ``-T`` writes the image without it to
-stdout, ``-q`` is quiet; exit 0 when found, 1 when not.
+them (``-`` = stdin), ``-t`` truncates the image before the extracted chunk, ``-T`` writes the image
+without it to stdout (``-T -s /dev/null`` is the message a signature covers), ``-q`` is quiet; exit 0
+when found (or appended), 1 when not.
 """
 
 from __future__ import annotations
@@ -173,14 +179,23 @@ def _read_data(f: io.BufferedIOBase, chunk: Chunk, limit: int) -> bytes:
     return data
 
 
-def _find(chunks: list[Chunk], wanted: ChunkType) -> Chunk:
-    """fwtool's search: metadata skips a signature chunk; a signature must be the last chunk."""
+def _search(f: io.BufferedIOBase, chunks: list[Chunk], wanted: ChunkType) -> tuple[Chunk, bytes]:
+    """fwtool's search from EOF backwards, returning the chunk and its data.
+
+    Looking for metadata skips signature chunks, chunks of unknown type and metadata chunks whose header
+    version is not 0 (``validate_metadata``). Looking for a signature skips unknown types and stops at
+    the first metadata chunk: the signature must come after the metadata.
+    """
     for chunk in chunks:
         if chunk.type == wanted:
-            return chunk
-        if wanted == ChunkType.METADATA and chunk.type == ChunkType.SIGNATURE:
-            continue
-        break
+            if wanted == ChunkType.SIGNATURE:
+                return chunk, _read_data(f, chunk, SIGNATURE_MAX)
+            data = _read_data(f, chunk, METADATA_HEADER.size + METADATA_MAX)
+            if len(data) >= METADATA_HEADER.size and METADATA_HEADER.unpack_from(data)[0] != METADATA_VERSION:
+                continue
+            return chunk, data
+        if wanted == ChunkType.SIGNATURE and chunk.type == ChunkType.METADATA:
+            break
     raise DataNotFound()
 
 
@@ -214,23 +229,32 @@ def extract_metadata(path: str | os.PathLike[str], *, missing_ok: bool = False) 
     """The image's metadata JSON object, skipping a trailing signature chunk.
 
     No metadata chunk raises ``DataNotFound`` ("Data not found"), or returns None with ``missing_ok``;
-    a CRC mismatch raises ``CrcError`` ("CRC error"); unusable content raises ``InvalidMetadata``.
+    a CRC mismatch raises ``CrcError`` ("CRC error"); a chunk over the size limit raises
+    ``FwtoolError``; unusable content raises ``InvalidMetadata``.
     """
     with open(path, "rb") as f:
         try:
-            chunk = _find(_chunks_of(f), ChunkType.METADATA)
+            _chunk, data = _search(f, _chunks_of(f), ChunkType.METADATA)
         except DataNotFound:
             if missing_ok:
                 return None
             raise
-        return parse_metadata(_read_data(f, chunk, METADATA_HEADER.size + METADATA_MAX))
+        return parse_metadata(data)
+
+
+def signature_chunk(path: str | os.PathLike[str]) -> tuple[Chunk, bytes]:
+    """The signature chunk and its blob. It must be the last chunk (else ``DataNotFound``).
+
+    ``chunk.offset`` is the length of what the signature covers: the image and its metadata, i.e. what
+    ``fwtool -T -s /dev/null`` writes.
+    """
+    with open(path, "rb") as f:
+        return _search(f, _chunks_of(f), ChunkType.SIGNATURE)
 
 
 def extract_signature(path: str | os.PathLike[str]) -> bytes:
     """The signature blob; it must be the last chunk (else ``DataNotFound``)."""
-    with open(path, "rb") as f:
-        chunk = _find(_chunks_of(f), ChunkType.SIGNATURE)
-        return _read_data(f, chunk, SIGNATURE_MAX)
+    return signature_chunk(path)[1]
 
 
 def payload_length(path: str | os.PathLike[str]) -> int:
@@ -302,7 +326,67 @@ Options:
   -t:			Remove extracted chunks from firmware image (using -s, -i)
   -T:			Output firmware image without extracted chunks to stdout (using -s, -i)
   -q:			Quiet (suppress error messages)
+
 """
+
+
+@dataclass
+class _Args:
+    """What fwtool's getopt loop collects."""
+
+    signature: str | None = None
+    metadata: str | None = None
+    append: bool | None = None  # None until the first -S/-I/-s/-i
+    quiet: bool = False
+    truncate: bool = False
+    to_stdout: bool = False
+
+
+class _UsageError(Exception):
+    """Ends the run with status 1; ``usage`` text is printed even with -q, an error line is not."""
+
+    def __init__(self, text: str, usage: bool = False) -> None:
+        super().__init__(text)
+        self.text = text
+        self.usage = usage
+
+
+def _parse(argv: list[str]) -> tuple[_Args, str]:
+    """The options and the firmware file, or ``_UsageError``."""
+    try:
+        opts, rest = getopt.getopt(argv, "i:I:qs:S:tT")
+    except getopt.GetoptError as exc:
+        raise _UsageError(f"{exc}\n{_USAGE}", usage=True) from exc
+    args = _Args()
+    for opt, val in opts:
+        if opt in ("-S", "-I", "-s", "-i"):
+            append = opt in ("-S", "-I")
+            if args.append is not None and args.append != append:
+                raise _UsageError("Error: mixing appending and extracting data is not supported")
+            args.append = append
+            field_name = "signature" if opt in ("-S", "-s") else "metadata"
+            if getattr(args, field_name) is not None:
+                raise _UsageError("Error: the same append/extract option cannot be used multiple times")
+            setattr(args, field_name, val)
+        elif opt == "-q":
+            args.quiet = True
+        elif opt == "-t":
+            args.truncate = True
+        elif opt == "-T":
+            args.to_stdout = True
+    if not rest or args.append is None:
+        raise _UsageError(_USAGE, usage=True)
+    if args.signature is not None and args.metadata is not None:
+        raise _UsageError("Cannot append/extract metadata and signature in one run")
+    return args, rest[0]
+
+
+def _read_input(name: str, limit: int) -> bytes:
+    """The file to append (``-`` = stdin), at most ``limit`` + 1 bytes (one more tells it is too long)."""
+    if name == "-":
+        return sys.stdin.buffer.read(limit + 1)
+    with open(name, "rb") as src:
+        return src.read(limit + 1)
 
 
 def _write_out(name: str, data: bytes) -> None:
@@ -314,57 +398,51 @@ def _write_out(name: str, data: bytes) -> None:
             out.write(data)
 
 
+def _append(args: _Args, image: str) -> None:
+    if args.metadata is not None:
+        append_metadata(image, _read_input(args.metadata, METADATA_MAX))
+    elif args.signature is not None:
+        append_signature(image, _read_input(args.signature, SIGNATURE_MAX))
+
+
+def _extract(args: _Args, image: str) -> None:
+    wanted = ChunkType.METADATA if args.metadata is not None else ChunkType.SIGNATURE
+    name = args.metadata if args.metadata is not None else args.signature
+    assert name is not None
+    with open(image, "rb") as f:
+        chunk, data = _search(f, _chunks_of(f), wanted)
+        _write_out(name, metadata_text(data) if wanted == ChunkType.METADATA else data)
+        if args.to_stdout:
+            copy_prefix(f, sys.stdout.buffer, chunk.offset)
+            sys.stdout.buffer.flush()
+    if args.truncate:
+        os.truncate(image, chunk.offset)
+
+
 def main(argv: list[str]) -> int:
+    """fwtool: exit 0 when the chunk was appended or found, 1 otherwise (message on stderr unless -q).
+
+    Differences from the C tool: when the chunk is not found, ``-T`` writes nothing (fwtool still copies
+    the image out), and the file named by ``-s``/``-i`` is only created once the chunk was found.
+    """
     try:
-        opts, args = getopt.getopt(argv, "i:I:s:S:qtT")
-    except getopt.GetoptError as exc:
-        print(f"{exc}\n{_USAGE}", file=sys.stderr, end="")
+        args, image = _parse(argv)
+    except _UsageError as exc:
+        if exc.usage:
+            print(exc.text, file=sys.stderr, end="")
+        elif "-q" not in argv:
+            print(exc.text, file=sys.stderr)
         return 1
-    mode: tuple[str, str] | None = None
-    quiet = truncate = to_stdout = False
-    for opt, val in opts:
-        if opt in ("-i", "-I", "-s", "-S"):
-            if mode is not None:
-                print(_USAGE, file=sys.stderr, end="")
-                return 1
-            mode = (opt, val)
-        elif opt == "-q":
-            quiet = True
-        elif opt == "-t":
-            truncate = True
-        elif opt == "-T":
-            to_stdout = True
-    if mode is None or len(args) != 1:
-        print(_USAGE, file=sys.stderr, end="")
-        return 1
-    opt, name = mode
-    image = args[0]
     try:
-        if opt in ("-I", "-S"):
-            with open(name, "rb") as src:
-                payload = src.read(METADATA_MAX + 1)
-            if opt == "-I":
-                append_metadata(image, payload)
-            else:
-                append_signature(image, payload)
-            return 0
-        wanted = ChunkType.METADATA if opt == "-i" else ChunkType.SIGNATURE
-        with open(image, "rb") as f:
-            chunk = _find(_chunks_of(f), wanted)
-            data = _read_data(f, chunk, METADATA_HEADER.size + METADATA_MAX if opt == "-i" else SIGNATURE_MAX)
-            if wanted == ChunkType.METADATA:
-                data = metadata_text(data)
-            _write_out(name, data)
-            if to_stdout:
-                copy_prefix(f, sys.stdout.buffer, chunk.offset)
-                sys.stdout.buffer.flush()
-        if truncate:
-            os.truncate(image, chunk.offset)
-        return 0
+        if args.append:
+            _append(args, image)
+        else:
+            _extract(args, image)
     except (FwtoolError, OSError) as exc:
-        if not quiet:
+        if not args.quiet:
             print(exc, file=sys.stderr)
         return 1
+    return 0
 
 
 if __name__ == "__main__":

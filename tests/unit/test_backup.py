@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import io
+import errno
+import gzip
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -151,14 +154,6 @@ def test_vanished_and_special_files_are_skipped(root: Path) -> None:
     assert [m.name for m in members(result.path)][1:] == ["etc/passwd", "etc/extra.conf"]
 
 
-def test_shrinking_file_is_padded() -> None:
-    reader = backup._ExactReader(io.BytesIO(b"abc"), 6)
-    assert reader.read(4) + reader.read(4) + reader.read(4) == b"abc\0\0\0"
-    assert reader.padded == 3
-    grown = backup._ExactReader(io.BytesIO(b"abcdef"), 2)
-    assert grown.read() == b"ab" and grown.read() == b""
-
-
 def test_failed_archive_leaves_nothing(root: Path) -> None:
     dest = root / "no-such-dir" / "sysupgrade.tgz"
     with pytest.raises(backup.BackupError, match=r"^Failed to create the configuration backup\."):
@@ -172,8 +167,154 @@ def test_failed_archive_replaces_nothing(root: Path, monkeypatch: pytest.MonkeyP
     def broken(*_args: object, **_kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(backup, "_add_path", broken)
+    monkeypatch.setattr(backup.TarWriter, "add_path", broken)
     with pytest.raises(backup.BackupError):
         backup.create_backup(str(root))
     assert old.read_text() == "old"
     assert sorted(p.name for p in old.parent.iterdir()) == ["sysupgrade.tgz"]
+
+
+def test_shrinking_file_is_padded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_read = os.read
+    victim = root / "etc/passwd"
+    size = victim.stat().st_size
+
+    def read_after_truncate(fd: int, n: int) -> bytes:
+        if os.path.samestat(os.fstat(fd), os.stat(victim)) and os.fstat(fd).st_size == size:
+            os.truncate(victim, 3)  # shrinks after its header was written
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", read_after_truncate)
+    lines: list[str] = []
+    result = backup.create_backup(str(root), files=["/etc/passwd"], say=lines.append)
+    assert lines == [f"Warning: /etc/passwd shrank while it was archived; padded with {size - 3} zero bytes"]
+    assert read_member(result.path, "etc/passwd") == b"con" + bytes(size - 3)
+
+
+def test_unreadable_file_fails_the_backup(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def refuse(path: str, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith("etc/passwd"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(backup.BackupError) as exc:
+        backup.create_backup(str(root), files=["/etc/extra.conf", "/etc/passwd"])
+    assert exc.value.hint == "[Errno 13] /etc/passwd: Permission denied"
+    assert sorted(p.name for p in (root / "tmp").iterdir()) == []
+
+
+def test_hard_links_and_long_names(root: Path) -> None:
+    long_dir = root / "etc" / ("d" * 90) / ("e" * 90)
+    long_dir.mkdir(parents=True)
+    (long_dir / "file").write_text("long\n")
+    os.link(root / "etc/passwd", root / "etc/passwd-hardlink")
+    long_name = "/" + str((long_dir / "file").relative_to(root))
+    result = backup.create_backup(str(root), files=["/etc/passwd", "/etc/passwd-hardlink", long_name])
+    infos = {m.name: m for m in members(result.path)}
+    assert infos["etc/passwd-hardlink"].islnk() and infos["etc/passwd-hardlink"].linkname == "etc/passwd"
+    assert read_member(result.path, long_name.lstrip("/")) == b"long\n"
+
+
+def test_gzip_level_6(root: Path) -> None:
+    result = backup.create_backup(str(root))
+    with open(result.path, "rb") as f:
+        head = f.read(10)
+    assert head[:3] == b"\x1f\x8b\x08" and head[8] == 0  # XFL 0: neither level 9 (2) nor fast (4)
+    assert backup.GZIP_LEVEL == 6
+    with gzip.open(result.path) as f:
+        assert len(f.read()) % tarfile.RECORDSIZE == 0  # padded to whole records, as tar does
+
+
+def test_compressor_failure_is_a_backup_error(root: Path) -> None:
+    class Full:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+    with pytest.raises(backup.BackupError, match="configuration backup"):
+        backup.write_backup(Full(), str(root), EXPECTED * 200, [], print)  # type: ignore[arg-type]
+
+
+def test_installed_packages_member(root: Path) -> None:
+    write(root, "/usr/lib/opkg/info/dropbear.control", "Package: dropbear\n")
+    write(root, "/rom/usr/lib/opkg/info/dropbear.control", "Package: dropbear\n")
+    result = backup.create_backup(str(root), selection=backup.Selection(installed_packages=True))
+    names = [m.name for m in members(result.path)]
+    assert names[:3] == [backup.DISABLE_SERVICES_MEMBER, "etc/backup/installed_packages.txt", "etc/also.conf"]
+    assert read_member(result.path, "etc/backup/installed_packages.txt") == b"dropbear\trom\n"
+
+
+def test_gnu_tar_extracts_the_same_files(root: Path, tmp_path: Path) -> None:
+    result = backup.create_backup(str(root))
+    out = tmp_path / "extracted"
+    out.mkdir()
+    subprocess.run(["tar", "xzf", result.path, "-C", str(out)], check=True)
+    for path in EXPECTED:
+        rel = path.lstrip("/")
+        if (root / rel).is_symlink():
+            assert os.readlink(out / rel) == os.readlink(root / rel)
+        else:
+            assert (out / rel).read_bytes() == (root / rel).read_bytes()
+            assert stat.S_IMODE((out / rel).stat().st_mode) == stat.S_IMODE((root / rel).stat().st_mode)
+    assert (out / backup.DISABLE_SERVICES_MEMBER).read_bytes() == b"exit 0\n"
+
+
+def test_same_as_rom(tmp_path: Path) -> None:
+    write(tmp_path, "/etc/same", "x\n")
+    write(tmp_path, "/rom/etc/same", "x\n")
+    write(tmp_path, "/etc/differs", "x\n")
+    write(tmp_path, "/rom/etc/differs", "y\n")
+    write(tmp_path, "/etc/longer", "x\n")
+    write(tmp_path, "/rom/etc/longer", "x\n\n")
+    write(tmp_path, "/etc/only-here", "x\n")
+    os.symlink("same", tmp_path / "etc/link")
+    os.symlink("same", tmp_path / "rom/etc/link")
+    os.symlink("loop", tmp_path / "etc/loop")
+    assert backup.same_as_rom(str(tmp_path), "/etc/same")
+    assert backup.same_as_rom(str(tmp_path), "/etc/link")
+    for path in ("/etc/differs", "/etc/longer", "/etc/only-here", "/etc/loop", "/etc"):
+        assert not backup.same_as_rom(str(tmp_path), path), path
+
+
+MOUNTINFO = """\
+1 0 0:2 / / rw - rootfs rootfs rw
+20 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+30 20 0:30 / /srv rw - tmpfs tmpfs rw
+31 30 8:2 / /srv/disk rw - xfs /dev/sda2 rw
+32 20 0:31 / /srv/disk rw - btrfs /dev/sda3 rw
+"""
+
+
+@pytest.mark.parametrize(("root_dir", "expected"), [
+    ("/", "ext4"), ("/home/x", "ext4"), ("/srv", "tmpfs"), ("/srv/other", "tmpfs"),
+    ("/srv/disk/a", "btrfs"), ("/srvx", "ext4"),
+])
+def test_rootfs_type(tmp_path: Path, root_dir: str, expected: str) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_text(MOUNTINFO)
+    assert backup.rootfs_type(root_dir, str(table)) == expected
+
+
+def test_rootfs_type_of_a_ramdisk_and_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_text("1 0 0:2 / / rw - rootfs rootfs rw\n2 1 0:3 / / rw - tmpfs tmpfs rw\n")
+    monkeypatch.setenv("WRT_MOUNTINFO", str(table))
+    assert backup.rootfs_type("/") == "tmpfs"
+    table.write_text("1 0 0:2 / / rw - rootfs rootfs rw\n")
+    assert backup.rootfs_type("/") is None
+    assert backup.rootfs_type("/", str(tmp_path / "missing")) is None
+    monkeypatch.delenv("WRT_MOUNTINFO")
+    assert backup.rootfs_type("/") is not None  # the real /proc/self/mountinfo
+
+
+def test_dest_that_cannot_be_written(root: Path) -> None:
+    (root / "tmp/sysupgrade.tgz").mkdir()
+    with pytest.raises(backup.BackupError):
+        backup.create_backup(str(root))
+    assert (root / "tmp/sysupgrade.tgz").is_dir()
+    shutil.rmtree(root / "tmp/sysupgrade.tgz")

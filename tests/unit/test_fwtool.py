@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
 import zlib
@@ -114,11 +117,45 @@ def test_crc_error_detected(image: Path, where: int) -> None:
         fwtool.payload_length(image)
 
 
-def test_header_version_must_be_zero(image: Path) -> None:
-    data = struct.pack(">II", 1, 0) + b"{}"
-    crc = fwtool.crc32(IMAGE + data)
-    image.write_bytes(IMAGE + data + fwtool.encode_trailer(ChunkType.METADATA, crc, len(data)))
-    with pytest.raises(InvalidMetadata, match="version 1"):
+def raw_chunk(path: Path, chunk_type: int, data: bytes) -> None:
+    """Append a chunk by hand (any type, any content) with a correct CRC."""
+    prefix = path.read_bytes() + data
+    path.write_bytes(prefix + fwtool.encode_trailer(chunk_type, fwtool.crc32(prefix), len(data)))
+
+
+def test_metadata_with_header_version_other_than_0_is_skipped(image: Path) -> None:
+    """fwtool's validate_metadata: such a chunk is passed over, as if it were not metadata."""
+    raw_chunk(image, ChunkType.METADATA, struct.pack(">II", 1, 0) + b'{"v": 1}')
+    with pytest.raises(DataNotFound):
+        fwtool.extract_metadata(image)
+    image.write_bytes(IMAGE)
+    fwtool.append_metadata(image, {"v": 0})
+    raw_chunk(image, ChunkType.METADATA, struct.pack(">II", 1, 0) + b'{"v": 1}')
+    assert fwtool.extract_metadata(image) == {"v": 0}
+
+
+def test_chunks_of_unknown_type_are_skipped(image: Path) -> None:
+    fwtool.append_metadata(image, {"a": 1})
+    raw_chunk(image, 7, b"vendor extension")
+    fwtool.append_signature(image, b"SIG")
+    raw_chunk(image, 9, b"another")
+    assert fwtool.extract_metadata(image) == {"a": 1}
+    _chunk, blob = fwtool.signature_chunk(image)
+    assert blob == b"SIG"
+    assert [c.type for c in fwtool.read_chunks(image)] == [9, ChunkType.SIGNATURE, 7, ChunkType.METADATA]
+
+
+def test_signature_chunk_offset_is_what_it_signs(image: Path) -> None:
+    fwtool.append_metadata(image, {"a": 1})
+    signed_length = image.stat().st_size
+    fwtool.append_signature(image, b"SIG")
+    chunk, blob = fwtool.signature_chunk(image)
+    assert (chunk.offset, chunk.length, blob) == (signed_length, 3, b"SIG")
+
+
+def test_short_metadata_chunk_is_invalid(image: Path) -> None:
+    raw_chunk(image, ChunkType.METADATA, b"\0\0\0")
+    with pytest.raises(InvalidMetadata):
         fwtool.extract_metadata(image)
 
 
@@ -190,3 +227,63 @@ def test_cli_append_extract_strip(image: Path, tmp_path: Path,
     assert fwtool.main(["-s", str(out), str(image)]) == 1
     assert b"Data not found" in capsysbinary.readouterr().err
     assert fwtool.main([str(image)]) == 1  # no mode: usage
+
+
+def test_cli_signature(image: Path, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes],
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    fwtool.append_metadata(image, {"supported_devices": ["vendor,model"]})
+    with_metadata = image.read_bytes()
+    sig = tmp_path / "fw.ucert"
+    sig.write_bytes(b"ucert blob")
+    assert fwtool.main(["-S", str(sig), str(image)]) == 0
+    assert fwtool.signature_chunk(image)[1] == b"ucert blob"
+
+    out = tmp_path / "out.sig"
+    assert fwtool.main(["-q", "-s", str(out), str(image)]) == 0
+    assert out.read_bytes() == b"ucert blob"
+    capsysbinary.readouterr()
+    assert fwtool.main(["-q", "-T", "-s", "/dev/null", str(image)]) == 0  # what the signature covers
+    assert capsysbinary.readouterr().out == with_metadata
+    assert fwtool.main(["-s", "-", str(image)]) == 0
+    assert capsysbinary.readouterr().out == b"ucert blob"
+
+    assert fwtool.main(["-t", "-s", "/dev/null", str(image)]) == 0
+    assert image.read_bytes() == with_metadata
+    assert fwtool.main(["-s", str(out), str(image)]) == 1  # metadata is last now: no signature
+    assert capsysbinary.readouterr().err == b"Data not found\n"
+    assert fwtool.main(["-q", "-s", str(out), str(image)]) == 1
+    assert capsysbinary.readouterr().err == b""
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"from stdin")))
+    assert fwtool.main(["-S", "-", str(image)]) == 0
+    assert fwtool.extract_signature(image) == b"from stdin"
+    big = tmp_path / "big.sig"
+    big.write_bytes(b"s" * (fwtool.SIGNATURE_MAX + 1))
+    assert fwtool.main(["-S", str(big), str(image)]) == 1
+    assert b"too large" in capsysbinary.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["-s", "a", "-S", "b"], b"Error: mixing appending and extracting data is not supported\n"),
+    (["-s", "a", "-s", "b"], b"Error: the same append/extract option cannot be used multiple times\n"),
+    (["-s", "a", "-i", "b"], b"Cannot append/extract metadata and signature in one run\n"),
+])
+def test_cli_option_errors(image: Path, capsysbinary: pytest.CaptureFixture[bytes], argv: list[str],
+                           message: bytes) -> None:
+    assert fwtool.main([*argv, str(image)]) == 1
+    assert capsysbinary.readouterr().err == message
+    assert fwtool.main(["-q", *argv, str(image)]) == 1
+    assert capsysbinary.readouterr().err == b""
+    assert fwtool.main(["-q", "-t"]) == 1
+    assert capsysbinary.readouterr().err.startswith(b"Usage:")  # usage is printed even with -q
+
+
+def test_module_runs_as_a_command(image: Path, tmp_path: Path) -> None:
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"supported_devices": ["vendor,model"]}')
+    run = [sys.executable, "-m", "stage2.formats.fwtool"]
+    assert subprocess.run([*run, "-I", str(meta), str(image)], check=False).returncode == 0
+    proc = subprocess.run([*run, "-q", "-i", "-", str(image)], capture_output=True, check=False)
+    assert (proc.returncode, proc.stdout) == (0, meta.read_bytes())
+    proc = subprocess.run([*run, "-s", "-", str(image)], capture_output=True, check=False)
+    assert (proc.returncode, proc.stderr) == (1, b"Data not found\n")
