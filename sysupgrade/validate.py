@@ -61,6 +61,8 @@ fails the test that reads it (OpenWrt's ``fwtool -q`` reports it as "not present
 passed when nothing was required); the differences of ``sysupgrade.usign`` and ``sysupgrade.platform_x86``
 are described there. The signed part of the image is mapped, not read into memory (see ``usign``).
 
+Policy: ``REQUIRE_IMAGE_SIGNATURE`` and ``REQUIRE_IMAGE_METADATA`` come from the environment, else
+from ``/lib/upgrade/platform.conf`` (``KEY=1`` lines; what OpenWrt's target platform.sh sets).
 Environment read: ``REQUIRE_IMAGE_SIGNATURE``, ``REQUIRE_IMAGE_METADATA``, ``SAVE_CONFIG``,
 ``IGNORE_MINOR_COMPAT``, ``FORCE``, ``WRT_PLATFORM`` (default ``x86``), ``WRT_CMDLINE`` (else
 /proc/cmdline, for the boot disk) and ``WRT_ROOT`` (prefix of ``/tmp/sysinfo``, ``/etc`` and
@@ -123,6 +125,25 @@ class Verdict:
                 "allow_backup": self.allow_backup}
 
 
+PLATFORM_CONF = "/lib/upgrade/platform.conf"
+POLICY_KEYS = ("REQUIRE_IMAGE_METADATA", "REQUIRE_IMAGE_SIGNATURE")
+
+
+def platform_settings(root: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines of the platform's policy file (only the policy keys; no shell is run)."""
+    settings: dict[str, str] = {}
+    try:
+        with open(paths.rooted(PLATFORM_CONF, root)) as f:
+            text = f.read(65536)
+    except OSError:
+        return settings
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key in POLICY_KEYS:
+            settings[key] = value.strip().strip("'\"")
+    return settings
+
+
 @dataclass(frozen=True)
 class Context:
     """One validation run: the image, the system root, the environment, where messages go."""
@@ -133,7 +154,11 @@ class Context:
     say: Say
 
     def flag(self, name: str) -> bool:
-        return self.env.get(name, "") == "1"
+        """A policy switch: the environment, else the platform's /lib/upgrade/platform.conf (where
+        OpenWrt's target platform.sh sets REQUIRE_IMAGE_METADATA / REQUIRE_IMAGE_SIGNATURE)."""
+        if name in self.env:
+            return self.env[name] == "1"
+        return platform_settings(self.root).get(name, "") == "1"
 
     def read_text(self, system_path: str) -> str:
         """Content of a small system file, stripped; "" when it is missing or unreadable."""

@@ -503,3 +503,16 @@ def test_installed_launcher(root: Path, make_image: MakeImage) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["valid"] is True
     assert proc.stdout.startswith("{") and proc.stdout.endswith("}\n")
+
+
+def test_policy_comes_from_platform_conf_unless_the_environment_says(tmp_path: Path) -> None:
+    conf = tmp_path / "lib/upgrade/platform.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("# set by the target\nREQUIRE_IMAGE_SIGNATURE=1\nREQUIRE_IMAGE_METADATA='0'\nOTHER=1\n")
+    assert validate.platform_settings(str(tmp_path)) == {"REQUIRE_IMAGE_SIGNATURE": "1",
+                                                        "REQUIRE_IMAGE_METADATA": "0"}
+    ctx = validate.Context(image="x", root=str(tmp_path), env={}, say=lambda line: None)
+    assert ctx.flag("REQUIRE_IMAGE_SIGNATURE") and not ctx.flag("REQUIRE_IMAGE_METADATA")
+    ctx = validate.Context(image="x", root=str(tmp_path), env={"REQUIRE_IMAGE_SIGNATURE": "0"},
+                           say=lambda line: None)
+    assert not ctx.flag("REQUIRE_IMAGE_SIGNATURE")
