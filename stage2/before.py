@@ -18,7 +18,7 @@ from stage2.machine import Context, Step
 from stage2.plan import Plan, Target, plan_upgrade
 from stage2.report import save_failure
 from stage2.states import State
-from wrtcore import blockdev, cmdline, log
+from wrtcore import blockdev, cmdline, log, mounts
 from wrtcore.errors import InvalidInput, UpgradeError
 
 HANDOFF = "stage2-handoff.json"  # at the ramfs root
@@ -33,6 +33,16 @@ def boot_disk() -> str:
         raise InvalidInput(f"cannot find the boot disk from root={root!r}",
                            hint="only root=/dev/... is supported by this platform profile")
     return blockdev.disk_of(root)
+
+
+def check_booted_from(disk: str, target_devs: frozenset[int]) -> None:
+    """Write only the disk the running system came from: its read-only root (/rom under the overlay,
+    else /) must live on it. A wrong root= can then never point stage2 at another disk."""
+    table = mounts.read_mountinfo()
+    root = mounts.find(table, "/rom") or mounts.find(table, "/")
+    if root is None or root.dev not in target_devs:
+        raise InvalidInput(f"{disk} is not the disk this system booted from",
+                           hint="its root filesystem is elsewhere; nothing was written")
 
 
 def payload_length(image: str) -> int:
@@ -51,11 +61,13 @@ def validating(ctx: Context) -> None:
     except OSError as exc:
         raise InvalidInput(f"image {ctx.image}: {exc.strerror}") from exc
     disk = boot_disk()
+    target_devs = frozenset(blockdev.family(disk))
+    check_booted_from(disk, target_devs)
     target = Target(disk=disk, size=blockdev.size(disk))
     plan = plan_upgrade(
         image=ctx.image, image_size=size, payload_length=payload_length(ctx.image), target=target,
         backup=ctx.backup, backup_exists=bool(ctx.backup) and os.path.isfile(ctx.backup or ""),
-        env=ctx.env, target_devs=frozenset(blockdev.family(disk)),
+        env=ctx.env, target_devs=target_devs,
     )
     ctx.data["plan"] = plan
     for line in plan.describe():
