@@ -1,27 +1,23 @@
-"""Stop every other process before the root is released: decided structurally, executed by PID 1.
+"""Stop every other process before the root is released: the executor, run by PID 1.
 
-Two halves, as everywhere in stage2:
+Who must go is decided in ``stage2.processes`` (plain snapshots of ``/proc`` and ``is_victim``); this
+module carries it out and reports.
 
-* **Pure**: a snapshot of the process table is plain data (``ProcessInfo``); ``select_victims`` decides
-  who must go. Never PID 1, never kernel threads (``PF_KTHREAD`` in the stat flags, or kthreadd and its
-  children), never zombies, never the pids the caller spares nor any of their ancestors. No names are
-  hard-coded (OpenWrt's stage2 ``killall -9 telnetd dropbear ash`` and its keep list are gone).
+``terminate_all`` (PID 1 only): one SIGTERM pass, then a wait on exit events (pidfds, polled with a
+deadline, reaping as PID 1 must), then rounds of *freeze and kill*: SIGSTOP sweeps over ``/proc`` until
+the freeze is complete (stopped processes do not fork, so a fork bomb converges), SIGKILL to every
+stopped victim, SIGCONT, and a wait on their pidfds. No fixed sleeps (OpenWrt sleeps 4 s, then 2 s per
+kill, and gives up after 10 passes); every wait is an upper bound.
 
-* **Executor** (``terminate_all``, PID 1 only): one SIGTERM pass, then a wait on exit events (pidfds,
-  polled with a deadline, reaping as PID 1 must), then rounds of *freeze and kill*: SIGSTOP sweeps
-  over ``/proc`` until the freeze is complete (stopped processes do not fork, so a fork bomb
-  converges), SIGKILL to every stopped victim, SIGCONT, and a wait on their pidfds. No fixed sleeps
-  (OpenWrt sleeps 4 s, then 2 s per kill, and gives up after 10 passes); every wait is an upper bound.
+Three things make the freeze hold against a churning fork bomb (each was needed in the tests):
+a sweep signals each process as soon as it has read its ``stat`` (no ``cmdline`` read: that waits
+on the target's mmap lock while it forks); the freeze is complete only after two consecutive clean
+sweeps (nothing new, every signalled victim seen stopped, nothing vanished between listing and
+reading), because a stop does not interrupt a ``fork()`` in progress; and the executing thread
+runs at nice -20 meanwhile, or fifty runnable bomb processes starve it to seconds per sweep.
 
-  Three things make the freeze hold against a churning fork bomb (each was needed in the tests):
-  a sweep signals each process as soon as it has read its ``stat`` (no ``cmdline`` read: that waits
-  on the target's mmap lock while it forks); the freeze is complete only after two consecutive clean
-  sweeps (nothing new, every signalled victim seen stopped, nothing vanished between listing and
-  reading), because a stop does not interrupt a ``fork()`` in progress; and the executing thread
-  runs at nice -20 meanwhile, or fifty runnable bomb processes starve it to seconds per sweep.
-
-What survives is reported; survivors in uninterruptible sleep (state ``D``) are ``unkillable``, and the
-stage2 machine must abort before writing anything when that list is not empty.
+What survives is reported (``TerminateReport``); survivors in uninterruptible sleep (state ``D``) are
+``unkillable``, and the stage2 machine must abort before writing anything when that list is not empty.
 """
 
 from __future__ import annotations
@@ -34,132 +30,26 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stage2.processes import (
+    GONE_STATES,
+    KTHREADD_PID,
+    ProcessInfo,
+    is_victim,
+    list_pids,
+    read_process,
+    snapshot,
+)
 from wrtcore import children, log
 from wrtcore.errors import NotPid1
 from wrtcore.namespaces import in_initial_pid_namespace
 
-PF_KTHREAD = 0x00200000
-KTHREADD_PID = 2
-#: States that are not a running process: zombie, dead.
-GONE_STATES = frozenset({"Z", "X", "x"})
 #: A signalled victim in these states runs no user code, so it cannot be inside a fork that returns:
 #: stopped, traced, or blocked in the kernel (D: it will act on the stop when it wakes up).
 SETTLED_STATES = frozenset({"T", "t", "D", *GONE_STATES})
-
-
-# --------------------------------------------------------------------------------------------------
-# Pure part: snapshots and the victim decision
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    ppid: int
-    name: str
-    state: str
-    cmdline: tuple[str, ...] = ()
-    is_kernel_thread: bool = False
-
-
-def parse_stat(text: str) -> tuple[int, str, str, int, int]:
-    """``/proc/<pid>/stat`` -> (pid, comm, state, ppid, flags). ``comm`` may hold spaces and parens."""
-    open_paren = text.index("(")
-    close_paren = text.rindex(")")
-    pid = int(text[:open_paren].strip())
-    comm = text[open_paren + 1:close_paren]
-    rest = text[close_paren + 1:].split()
-    # rest: state ppid pgrp session tty_nr tpgid flags ...
-    if len(rest) < 7:
-        raise ValueError(f"short stat line for pid {pid}")
-    return pid, comm, rest[0], int(rest[1]), int(rest[6])
-
-
-def is_kernel_thread(flags: int) -> bool:
-    """The kernel's own mark on its threads (``PF_KTHREAD`` in ``/proc/<pid>/stat`` field 9)."""
-    return bool(flags & PF_KTHREAD)
-
-
-def read_process(pid: int, proc: str = "/proc", *, cmdline: bool = True) -> ProcessInfo | None:
-    """One process from ``proc``, or None if it vanished while being read.
-
-    ``cmdline=False`` reads ``stat`` only: reading ``cmdline`` takes the target's mmap lock, so it
-    waits while the target forks, and the freeze must not wait for a fork bomb.
-    """
-    base = f"{proc}/{pid}"
-    raw = b""
-    try:
-        with open(f"{base}/stat", encoding="utf-8", errors="replace") as f:
-            stat = f.read()
-        if cmdline:
-            with open(f"{base}/cmdline", "rb") as fb:
-                raw = fb.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ESRCH, errno.ENOENT):
-            return None
-        raise
-    try:
-        spid, comm, state, ppid, flags = parse_stat(stat)
-    except ValueError:
-        return None  # an empty read: the process is being torn down
-    argv = tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
-    return ProcessInfo(spid, ppid, comm, state, argv, is_kernel_thread(flags))
-
-
-def list_pids(proc: str = "/proc") -> list[int]:
-    with os.scandir(proc) as entries:
-        return sorted(int(e.name) for e in entries if e.name.isdigit())
-
-
-def snapshot(proc: str = "/proc", *, cmdline: bool = True) -> list[ProcessInfo]:
-    """Every process ``proc`` lists, tolerating those that vanish between listing and reading."""
-    infos: list[ProcessInfo] = []
-    for pid in list_pids(proc):
-        info = read_process(pid, proc, cmdline=cmdline)
-        if info is not None:
-            infos.append(info)
-    return infos
-
-
-def spared_closure(snapshot: Iterable[ProcessInfo], spare: Iterable[int]) -> set[int]:
-    """``spare`` plus every ancestor of a spared pid that the snapshot knows."""
-    parent = {p.pid: p.ppid for p in snapshot}
-    closed: set[int] = set()
-    for pid in spare:
-        current: int | None = pid
-        while current is not None and current > 0 and current not in closed:
-            closed.add(current)
-            current = parent.get(current)
-    return closed
-
-
-def select_victims(snapshot: Sequence[ProcessInfo], spare: set[int], *,
-                   kthreadd_pid: int | None = KTHREADD_PID) -> list[ProcessInfo]:
-    """The processes to stop, by pid: everything but PID 1, kernel threads, zombies, spared and ancestors.
-
-    Kernel threads are those flagged ``is_kernel_thread`` and, as a second line for snapshots without
-    flags, ``kthreadd_pid`` and its children. Pass ``kthreadd_pid=None`` inside a PID namespace: there
-    kernel threads are invisible and pid 2 is an ordinary process.
-    """
-    keep = spared_closure(snapshot, spare)
-    victims = [p for p in snapshot if is_victim(p, keep, kthreadd_pid=kthreadd_pid)]
-    return sorted(victims, key=lambda p: p.pid)
-
-
-def is_victim(p: ProcessInfo, keep: set[int], *, kthreadd_pid: int | None = KTHREADD_PID) -> bool:
-    """The rule for one process, given ``keep``: the spared pids already closed over their ancestors."""
-    return (
-        p.pid > 1
-        and not p.is_kernel_thread
-        and (kthreadd_pid is None or (p.pid != kthreadd_pid and p.ppid != kthreadd_pid))
-        and p.state not in GONE_STATES
-        and p.pid not in keep
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,21 +1,24 @@
 """``sysupgrade [<option>...] <image>``: stage 1 of the upgrade, with OpenWrt's flags and messages;
 ``sysupgrade [-q] [-i] [-c] [-u] [-o] [-k] <-b|-r|-l> [<file>]``: the config backup commands.
 
-Order (reference 3.1, 3.4): the options, parsed OpenWrt's way (one per word, left to right until the
-first non-option, which is the image; no bundling: ``-nF`` is an invalid option; ``-b``/``-r``/``-f``
-take the next word whatever it is); the usage checks; ``-l``, ``-b``, ``-r`` (each ends the command);
-then locate the image (copy it into /tmp when it lies elsewhere), validate it (``sysupgrade.validate``,
-in process), the config archive ``/tmp/sysupgrade.tgz`` (``-f``'s copied there, or a new one unless
-``-n``, a stale one removed with ``-n``), stop here with ``-T`` (which never creates the archive), then
-hand the upgrade over: ``call system sysupgrade`` on upgraded's bus with the request of reference 1.1,
-or in failsafe (``$FAILSAFE`` non-empty) the hand-over file ``/tmp/sysupgrade``. Unlike OpenWrt's
-``ubus call``, the bus answers: the command reports whether the upgrade was accepted and follows its
-progress until the device reboots.
+This module holds the steps and ``main``; the option table, its parsing and the help text are in
+``sysupgrade.options``.
+
+Order (reference 3.1, 3.4): the options, parsed OpenWrt's way (``sysupgrade.options``: one per word,
+left to right until the first non-option, which is the image; no bundling: ``-nF`` is an invalid option;
+``-b``/``-r``/``-f`` take the next word whatever it is); the usage checks; ``-l``, ``-b``, ``-r`` (each
+ends the command); then locate the image (copy it into /tmp when it lies elsewhere), validate it
+(``sysupgrade.validate``, in process), the config archive ``/tmp/sysupgrade.tgz`` (``-f``'s copied
+there, or a new one unless ``-n``, a stale one removed with ``-n``), stop here with ``-T`` (which never
+creates the archive), then hand the upgrade over: ``call system sysupgrade`` on upgraded's bus with the
+request of reference 1.1, or in failsafe (``$FAILSAFE`` non-empty) the hand-over file
+``/tmp/sysupgrade``. Unlike OpenWrt's ``ubus call``, the bus answers: the command reports whether the
+upgrade was accepted and follows its progress until the device reboots.
 
 Options: ``-i`` (ask_bool: ``Keep config files over reflash``, ``Edit config file list`` (``$EDITOR``,
 default vi, on ``/tmp/sysupgrade.conffiles``) and, on a ramdisk root, ``Abort``; the question goes to
 stderr, so that ``-b -`` keeps stdout clean, the answer comes from stdin), ``-v``/``-q``, ``-n``,
-``-c``/``-o``/``-u``/``-k`` (the backup list: ``sysupgrade.backup``), ``-p``, ``-P``, ``-s``,
+``-c``/``-o``/``-u``/``-k`` (the backup list: ``sysupgrade.backup_list``), ``-p``, ``-P``, ``-s``,
 ``-F``/``--force``, ``-T``/``--test``, ``--ignore-minor-compat-version``, ``-h``/``--help``,
 ``-f <cfg>`` (a local .tar.gz; a URL is refused, saying so), ``-b|--create-backup <file>`` (``-`` =
 stdout, quiet), ``-r|--restore-backup <file>`` (``-`` = stdin; extracted with preinit's safe
@@ -62,13 +65,14 @@ import sys
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from preinit import restore
-from sysupgrade import backup, fetch, paths, validate
+from sysupgrade import backup, backup_list, fetch, paths, validate
 from sysupgrade.handover import request_upgrade, socket_path, wake_failsafe, write_failsafe_handover
+from sysupgrade.options import BOTH_IMAGE_AND_BACKUP, HELP, Options, UsageError, parse_args
 from wrtcore import log
 from wrtcore.errors import (
     EXIT_FAILURE,
@@ -76,7 +80,6 @@ from wrtcore.errors import (
     EXIT_INVALID,
     EXIT_NO_BUS,
     EXIT_OK,
-    InvalidInput,
     UpgradeError,
 )
 
@@ -98,154 +101,6 @@ EXIT_CODES: dict[int, str] = {
 
 GZIP_MAGIC = b"\x1f\x8b"
 
-HELP = f"""\
-Usage: sysupgrade [<upgrade-option>...] <image file>
-       sysupgrade [-q] [-i] [-c] [-u] [-o] [-k] [-P] <backup-command> <file>
-
-upgrade-option:
-    -f <config>  restore configuration from .tar.gz (a local file; URLs are not accepted)
-    -i           interactive mode
-    -c           attempt to preserve all changed files in /etc/
-    -o           attempt to preserve all changed files in /, except those
-                 from packages but including changed confs.
-    -u           skip from backup files that are equal to those in /rom
-    -n           do not save configuration over reflash
-    -p           do not attempt to restore the partition table after flash.
-    -k           include in backup a list of current installed packages at
-                 {backup.INSTALLED_PACKAGES}
-    -s           stay on current partition (for dual firmware devices)
-    -P           create factory provisioning partition
-    -T | --test
-                 Verify image and config .tar.gz but do not actually flash.
-    -F | --force
-                 Flash image even if image checks fail, this is dangerous!
-    --ignore-minor-compat-version
-                 Flash image even if the minor compat version is incompatible.
-    -q           less verbose
-    -v           more verbose
-    -h | --help  display this help
-
-backup-command:
-    -b | --create-backup <file>
-                 create .tar.gz of files specified in sysupgrade.conf
-                 then exit. Does not flash an image. If file is '-',
-                 i.e. stdout, verbosity is set to 0 (i.e. quiet).
-    -r | --restore-backup <file>
-                 restore a .tar.gz created with sysupgrade -b
-                 then exit. Does not flash an image. If file is '-',
-                 the archive is read from stdin.
-    -l | --list-backup
-                 list the files that would be backed up when calling
-                 sysupgrade -b. Does not create a backup file.
-
-The image may be a path or an http(s) URL (downloaded to /tmp/sysupgrade.img).
-"""
-
-BOTH_IMAGE_AND_BACKUP = ("-b|--create-backup and -r|--restore-backup do not perform a firmware upgrade.\n"
-                         "Do not specify both -b|-r and a firmware image.")
-
-
-class UsageError(UpgradeError):
-    """OpenWrt's usage errors, with OpenWrt's exit code 1."""
-
-
-class NotImplementedYet(InvalidInput):
-    pass
-
-
-@dataclass
-class Options:
-    image: str | None = None
-    interactive: bool = False  # INTERACTIVE (-i)
-    save_config: bool = True  # SAVE_CONFIG
-    overlay_path: str | None = None  # SAVE_OVERLAY_PATH: "/etc" (-c), "/" (-o)
-    skip_unchanged: bool = False  # SKIP_UNCHANGED (-u)
-    force: bool = False  # FORCE
-    test: bool = False  # -T
-    verbose: int = 1  # VERBOSE
-    save_partitions: bool = True  # SAVE_PARTITIONS
-    add_provisioning: bool = False  # ADD_PROVISIONING
-    use_curr_part: bool = False  # USE_CURR_PART
-    save_installed_pkgs: bool = False  # SAVE_INSTALLED_PKGS (-k)
-    ignore_minor_compat: bool = False  # IGNORE_MINOR_COMPAT
-    conf_image: str | None = None  # CONF_IMAGE (-f)
-    create_backup: str | None = None  # CONF_BACKUP (-b)
-    restore_backup: str | None = None  # CONF_RESTORE (-r)
-    list_backup: bool = False  # CONF_BACKUP_LIST (-l)
-    help: bool = False
-
-    @property
-    def backup_command(self) -> bool:
-        """NEED_IMAGE in OpenWrt (which, despite the name, means "no image wanted")."""
-        return self.create_backup is not None or self.restore_backup is not None
-
-    @property
-    def selection(self) -> backup.Selection:
-        return backup.Selection(self.overlay_path, self.skip_unchanged, self.save_installed_pkgs)
-
-
-def _set(**values: Any) -> Callable[[Options], None]:
-    def apply(opts: Options) -> None:
-        for name, value in values.items():
-            setattr(opts, name, value)
-    return apply
-
-
-def _more_verbose(opts: Options) -> None:
-    opts.verbose += 1
-
-
-def _less_verbose(opts: Options) -> None:
-    opts.verbose -= 1
-
-
-# option word -> effect, for the options without an argument
-SWITCHES: dict[str, Callable[[Options], None]] = {
-    "-i": _set(interactive=True),
-    "-v": _more_verbose,
-    "-q": _less_verbose,
-    "-n": _set(save_config=False),
-    "-c": _set(overlay_path="/etc"),
-    "-o": _set(overlay_path="/"),
-    "-p": _set(save_partitions=False),
-    "-k": _set(save_installed_pkgs=True),
-    "-s": _set(use_curr_part=True),
-    "-u": _set(skip_unchanged=True),
-    "-P": _set(add_provisioning=True),
-    "-l": _set(list_backup=True), "--list-backup": _set(list_backup=True),
-    "-F": _set(force=True), "--force": _set(force=True),
-    "-T": _set(test=True), "--test": _set(test=True),
-    "--ignore-minor-compat-version": _set(ignore_minor_compat=True),
-    "-h": _set(help=True), "--help": _set(help=True),
-}
-# option word -> the Options field its argument (the next word) goes to
-WITH_ARGUMENT: dict[str, str] = {
-    "-b": "create_backup", "--create-backup": "create_backup",
-    "-r": "restore_backup", "--restore-backup": "restore_backup",
-    "-f": "conf_image",
-}
-
-
-def parse_args(argv: list[str]) -> Options:
-    """Options until the first word not starting with ``-``; that word is the image."""
-    opts = Options()
-    words = iter(argv)
-    for word in words:
-        if not word.startswith("-"):
-            opts.image = word
-            break
-        if word in SWITCHES:
-            SWITCHES[word](opts)
-            if opts.help:
-                break
-        elif word in WITH_ARGUMENT:
-            value = next(words, "")
-            if not value:  # OpenWrt would take "" and go on to fail elsewhere
-                raise UsageError(f"Option {word} needs an argument")
-            setattr(opts, WITH_ARGUMENT[word], value)
-        else:
-            raise UsageError(f"Invalid option: {word}")
-    return opts
 
 
 @dataclass
@@ -300,7 +155,7 @@ def check_prerequisites(opts: Options, root: str) -> None:
 
 def list_backup(opts: Options, root: str) -> int:
     """``-l``: the files ``-b`` would save, one per line on stdout."""
-    sys.stdout.write("".join(f"{p}\n" for p in backup.listing(root, opts.selection)))
+    sys.stdout.write("".join(f"{p}\n" for p in backup_list.listing(root, opts.selection)))
     sys.stdout.flush()
     return EXIT_OK
 
@@ -329,14 +184,14 @@ def edit_file_list(files: list[str], root: str, console: Console) -> list[str]:
     edited: set[str] = set()
     for line in lines:
         if line and not line.startswith("#"):
-            edited.update(backup.find_files(root, line))
+            edited.update(backup_list.find_files(root, line))
     return sorted(edited)
 
 
 def save_config(dest: str, opts: Options, root: str, console: Console, prompt: Prompt) -> bool:
     """OpenWrt's ``create_backup_archive``: the archive at ``dest`` (host path, ``-`` for stdout).
     False when the user chose to abort (``-i`` on a ramdisk root); raises ``BackupError``."""
-    if backup.rootfs_type(root) == "tmpfs":
+    if backup_list.rootfs_type(root) == "tmpfs":
         console.error("Cannot save config while running from ramdisk.")
         if prompt.ask(False, "Abort"):
             return False
@@ -345,7 +200,7 @@ def save_config(dest: str, opts: Options, root: str, console: Console, prompt: P
                 os.unlink(dest)
         return True
     selection = opts.selection
-    files = backup.build_file_list(root, selection)
+    files = backup_list.build_file_list(root, selection)
     if prompt.ask(False, "Edit config file list"):
         files = edit_file_list(files, root, console)
     console.info("Saving config files...")

@@ -5,7 +5,7 @@ honest about errors:
 
 * **Streamed.** Two page-aligned chunk buffers (mmap) are reused for the whole image; a gzip image
   (magic ``1f 8b``, several members allowed, trailing non-gzip data such as a fwtool trailer ignored) is
-  inflated into them in pieces of at most ``_PIECE`` bytes. Memory does not grow with the image.
+  inflated into them in pieces by ``stage2.writers.source``. Memory does not grow with the image.
 * **Every error at its offset.** Writes use ``O_DIRECT`` when the target and the alignment allow it, so
   an I/O error comes back from the ``pwrite`` of the chunk that failed instead of surfacing later from
   ``fsync`` with no offset. Without ``O_DIRECT`` (``direct=False``, unaligned offset or chunk size, or a
@@ -47,11 +47,11 @@ import stat
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from stage2.writers.source import SourceError, Stream, read_source, source_size
 from wrtcore import log
 from wrtcore.errors import InvalidInput, WriteError
 
@@ -60,9 +60,7 @@ BLKFLSBUF = 0x1261
 BLKSSZGET = 0x1268
 BLKGETSIZE64 = 0x80081272
 
-GZIP_MAGIC = b"\x1f\x8b"
 FILE_ALIGN = 4096  # O_DIRECT alignment assumed for regular files (safe for every common filesystem)
-_PIECE = 256 * 1024  # compressed bytes read, and inflated bytes produced, per zlib call
 _BUFFERS = 2  # one being filled and hashed, one being written (or read back)
 
 Progress = Callable[[int, int | None], None]
@@ -85,10 +83,6 @@ class _Target:
     block: bool
     capacity: int | None  # bytes the image may occupy up to (a target offset), None: unbounded
     align: int  # logical block size: O_DIRECT granularity
-
-
-class _SourceError(Exception):
-    """The image stream broke (read error, corrupt or truncated gzip)."""
 
 
 def device_size(path: str) -> int:
@@ -132,94 +126,6 @@ def _inspect(path: str, end: int | None) -> _Target:
     if stat.S_ISREG(st.st_mode):
         return _Target(path, False, end, FILE_ALIGN)
     raise InvalidInput(f"{path}: not a block device or regular file")
-
-
-class _Stream:
-    """The image's bytes from ``source``: raw, or inflated on the fly; at most ``limit`` of them."""
-
-    def __init__(self, source: BinaryIO, limit: int | None) -> None:
-        self._src = source
-        self._limit = limit
-        self._readinto: Callable[[memoryview], int | None] | None = getattr(source, "readinto", None)
-        self.produced = 0
-        self.trailing = False  # non-gzip data followed the last gzip member (ignored)
-        self._pending = self._read(2 if limit is None else min(2, limit))
-        self.compressed = self._pending == GZIP_MAGIC
-        self._inflate = zlib.decompressobj(31) if self.compressed else None
-
-    def _read(self, size: int) -> bytes:
-        try:
-            data = self._src.read(size)
-        except OSError as exc:
-            raise _SourceError(f"read failed: {exc.strerror or exc}") from exc
-        return data or b""
-
-    def fill(self, view: memoryview) -> int:
-        """Fill ``view`` from the start; fewer bytes than its length only at the end of the image."""
-        want = len(view) if self._limit is None else min(len(view), self._limit - self.produced)
-        n = self._fill_gzip(view, want) if self.compressed else self._fill_raw(view, want)
-        self.produced += n
-        return n
-
-    def _fill_raw(self, view: memoryview, want: int) -> int:
-        pos = 0
-        if self._pending:
-            pos = min(len(self._pending), want)
-            view[:pos] = self._pending[:pos]
-            self._pending = self._pending[pos:]
-        while pos < want:
-            try:
-                if self._readinto is not None:
-                    n = self._readinto(view[pos:want]) or 0
-                else:
-                    data = self._src.read(want - pos) or b""
-                    n = len(data)
-                    view[pos:pos + n] = data
-            except OSError as exc:
-                raise _SourceError(f"read failed: {exc.strerror or exc}") from exc
-            if n == 0:
-                break
-            pos += n
-        return pos
-
-    def _fill_gzip(self, view: memoryview, want: int) -> int:
-        pos = 0
-        while pos < want and self._inflate is not None:
-            inflate = self._inflate
-            if inflate.eof:
-                self._next_member(inflate.unused_data)
-                continue
-            try:
-                out = inflate.decompress(self._pending, min(want - pos, _PIECE))
-            except zlib.error as exc:
-                raise _SourceError(f"corrupt compressed image: {exc}") from exc
-            self._pending = inflate.unconsumed_tail
-            if out:
-                view[pos:pos + len(out)] = out
-                pos += len(out)
-            elif not inflate.eof:
-                if self._pending:  # zlib neither consumed input nor produced output
-                    raise _SourceError("corrupt compressed image: inflate made no progress")
-                self._pending = self._read(_PIECE)
-                if not self._pending:
-                    raise _SourceError("compressed image truncated")
-        return pos
-
-    def _next_member(self, rest: bytes) -> None:
-        while len(rest) < len(GZIP_MAGIC):
-            more = self._read(_PIECE)
-            if not more:
-                break
-            rest += more
-        if rest.startswith(GZIP_MAGIC):
-            self._inflate = zlib.decompressobj(31)
-            self._pending = rest
-            return
-        self._inflate = None
-        self._pending = b""
-        if rest:
-            self.trailing = True
-            log.get().info("write_image", note="data after the gzip stream ignored")
 
 
 class _Chunk:
@@ -339,19 +245,6 @@ def _drop_cache(fd: int, target: _Target, offset: int, length: int) -> None:
                               error=exc.strerror)
 
 
-def _source_size(source: BinaryIO) -> tuple[int | None, int | None]:
-    """(start position, bytes from there to the end) for seekable sources, else (None, None)."""
-    try:
-        if not source.seekable():
-            return None, None
-        start = source.tell()
-        end = source.seek(0, os.SEEK_END)
-        source.seek(start)
-    except (OSError, ValueError):
-        return None, None
-    return start, end - start
-
-
 def write_image(source: BinaryIO, target: str, *, length: int | None = None, offset: int = 0,
                 chunk_size: int = 1 << 20, progress: Progress | None = None, end: int | None = None,
                 direct: bool | None = None, sync_every: int | None = None,
@@ -369,10 +262,10 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     if chunk_size <= 0 or offset < 0 or (length is not None and length < 0):
         raise ValueError("chunk_size must be positive, offset and length not negative")
     info = _inspect(target, end)
-    start, available = _source_size(source)
+    start, available = source_size(source)
     try:
-        stream = _Stream(source, length)
-    except _SourceError as exc:
+        stream = Stream(source, length)
+    except SourceError as exc:
         raise InvalidInput(f"cannot read image: {exc}") from exc
     size: int | None = length
     if not stream.compressed and available is not None:
@@ -440,7 +333,7 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     return report
 
 
-def _write_all(stream: _Stream, writer: _Writer, info: _Target, chunk_size: int, total: int | None,
+def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, total: int | None,
                progress: Progress | None, hash_chunks: bool = True) -> list[bytes]:
     """Stream the image through two buffers; returns the per-chunk digests (empty placeholders when
     ``hash_chunks`` is off: the verify then compares with the source itself)."""
@@ -466,7 +359,7 @@ def _write_all(stream: _Stream, writer: _Writer, info: _Target, chunk_size: int,
                 completed(chunk)
             try:
                 n = stream.fill(chunk.view)
-            except _SourceError as exc:
+            except SourceError as exc:
                 _drain(worker)
                 raise WriteError(str(exc), offset=writer.base + pos, written=writer.wrote_any) from exc
             if n == 0:
@@ -541,7 +434,7 @@ def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: i
                 raise WriteError(f"verify read failed: {_reason(chunk.error)}", offset=chunk.error_at,
                                  written=True) from chunk.error
             if expected is not None and start is not None:
-                want = _read_source(source, start + chunk.pos, expected.view[:chunk.size])
+                want = read_source(source, start + chunk.pos, expected.view[:chunk.size])
                 actual = chunk.view[:chunk.got]
                 if chunk.got < chunk.size or want.tobytes() != actual.tobytes():
                     first = _first_difference(want, actual)
@@ -566,18 +459,6 @@ def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: i
             expected.close()
 
 
-def _read_source(source: BinaryIO, pos: int, into: memoryview) -> memoryview:
-    """The source's bytes at ``pos`` (as many as ``into`` holds, fewer at its end)."""
-    source.seek(pos)
-    got = 0
-    while got < len(into):
-        n = source.readinto(into[got:])  # type: ignore[attr-defined]
-        if not n:
-            break
-        got += n
-    return into[:got]
-
-
 def _locate(readback: _Chunk, index: int, chunk_size: int, digests: list[bytes], source: BinaryIO,
             start: int | None, length: int | None) -> tuple[int, str]:
     """Image offset of the first byte of chunk ``index`` that differs, regenerating it from the source."""
@@ -586,7 +467,7 @@ def _locate(readback: _Chunk, index: int, chunk_size: int, digests: list[bytes],
     scratch = _Chunk(chunk_size)
     try:
         source.seek(start)
-        stream = _Stream(source, length)
+        stream = Stream(source, length)
         n = 0
         for _ in range(index + 1):
             n = stream.fill(scratch.view)
@@ -594,7 +475,7 @@ def _locate(readback: _Chunk, index: int, chunk_size: int, digests: list[bytes],
             return readback.pos, "first differing chunk (the source changed since it was written)"
         first = _first_difference(scratch.view[:n], readback.view[:readback.got])
         return readback.pos + first, "first differing byte"
-    except (OSError, ValueError, _SourceError):
+    except (OSError, ValueError, SourceError):
         return readback.pos, "first differing chunk (the source could not be re-read)"
     finally:
         scratch.close()

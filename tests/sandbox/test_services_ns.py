@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nsutil
 
-from upgraded import services
+from upgraded import service_config, services
 from wrtcore import children
 
 pytestmark = pytest.mark.sandbox
@@ -113,7 +113,7 @@ def scenario_services(workdir: str) -> dict[str, Any]:
     for item in declared:
         (confdir / f"{item['name']}.json").write_text(json.dumps(item))
 
-    sup = services.Supervisor(services.load_dir(confdir), reaper)
+    sup = services.Supervisor(service_config.load_dir(confdir), reaper)
     loop = nsutil.NsLoop(reaper, sup)
     expected = {"stubborn", "stubborn2", "prompt", "graceful", "respawner", "forker", "forker-child"}
     seen: set[str] = set()

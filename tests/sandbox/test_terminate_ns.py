@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nsutil
 
-from stage2 import terminate
+from stage2 import processes, terminate
 from wrtcore import children, syscalls
 
 pytestmark = pytest.mark.sandbox
@@ -163,7 +163,7 @@ def scenario_mixed(workdir: str) -> dict[str, Any]:
     # spare only the sub-helper: its parent (the helper) must be spared as its ancestor
     report = terminate.terminate_all({subhelpers[0]}, term_timeout=1.5, kill_passes=3, kill_timeout=3.0)
 
-    after = terminate.snapshot()
+    after = processes.snapshot()
     holders_after = _holders_of(held_file)
     umount_error = None
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sysupgrade import backup
+from sysupgrade import backup, backup_list
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,16 +52,16 @@ EXPECTED = [
 
 
 def test_file_list(root: Path) -> None:
-    assert backup.build_file_list(str(root)) == EXPECTED
+    assert backup_list.build_file_list(str(root)) == EXPECTED
 
 
 def test_file_list_without_sources(tmp_path: Path) -> None:
-    assert backup.build_file_list(str(tmp_path)) == []
+    assert backup_list.build_file_list(str(tmp_path)) == []
 
 
 def test_shipped_lists(tmp_path: Path) -> None:
     overlay = REPO / "rootfs-overlay"
-    words = backup.read_words(str(overlay))
+    words = backup_list.read_words(str(overlay))
     assert words == ["/etc/config/",  # keep.d/base-files
                      "/etc/hosts", "/etc/inittab", "/etc/group", "/etc/passwd", "/etc/profile",
                      "/etc/shadow", "/etc/shells", "/etc/shinit", "/etc/sysctl.conf", "/etc/rc.local"]
@@ -78,7 +78,7 @@ def test_symlink_loops_are_not_followed(tmp_path: Path) -> None:
     os.symlink("a", loops / "b")
     os.symlink(str(loops), loops / "absolute")
     (tmp_path / "tmp").mkdir()
-    assert backup.build_file_list(str(tmp_path)) == ["/etc/loops/a", "/etc/loops/absolute",
+    assert backup_list.build_file_list(str(tmp_path)) == ["/etc/loops/a", "/etc/loops/absolute",
                                                      "/etc/loops/b", "/etc/loops/self"]
     result = backup.create_backup(str(tmp_path), say=lambda _line: None)
     with tarfile.open(result.path) as tar:
@@ -243,7 +243,7 @@ def test_compressor_failure_is_a_backup_error(root: Path) -> None:
 def test_installed_packages_member(root: Path) -> None:
     write(root, "/usr/lib/opkg/info/dropbear.control", "Package: dropbear\n")
     write(root, "/rom/usr/lib/opkg/info/dropbear.control", "Package: dropbear\n")
-    result = backup.create_backup(str(root), selection=backup.Selection(installed_packages=True))
+    result = backup.create_backup(str(root), selection=backup_list.Selection(installed_packages=True))
     names = [m.name for m in members(result.path)]
     assert names[:3] == [backup.DISABLE_SERVICES_MEMBER, "etc/backup/installed_packages.txt", "etc/also.conf"]
     assert read_member(result.path, "etc/backup/installed_packages.txt") == b"dropbear\trom\n"
@@ -275,10 +275,10 @@ def test_same_as_rom(tmp_path: Path) -> None:
     os.symlink("same", tmp_path / "etc/link")
     os.symlink("same", tmp_path / "rom/etc/link")
     os.symlink("loop", tmp_path / "etc/loop")
-    assert backup.same_as_rom(str(tmp_path), "/etc/same")
-    assert backup.same_as_rom(str(tmp_path), "/etc/link")
+    assert backup_list.same_as_rom(str(tmp_path), "/etc/same")
+    assert backup_list.same_as_rom(str(tmp_path), "/etc/link")
     for path in ("/etc/differs", "/etc/longer", "/etc/only-here", "/etc/loop", "/etc"):
-        assert not backup.same_as_rom(str(tmp_path), path), path
+        assert not backup_list.same_as_rom(str(tmp_path), path), path
 
 
 MOUNTINFO = """\
@@ -297,19 +297,19 @@ MOUNTINFO = """\
 def test_rootfs_type(tmp_path: Path, root_dir: str, expected: str) -> None:
     table = tmp_path / "mountinfo"
     table.write_text(MOUNTINFO)
-    assert backup.rootfs_type(root_dir, str(table)) == expected
+    assert backup_list.rootfs_type(root_dir, str(table)) == expected
 
 
 def test_rootfs_type_of_a_ramdisk_and_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     table = tmp_path / "mountinfo"
     table.write_text("1 0 0:2 / / rw - rootfs rootfs rw\n2 1 0:3 / / rw - tmpfs tmpfs rw\n")
     monkeypatch.setenv("WRT_MOUNTINFO", str(table))
-    assert backup.rootfs_type("/") == "tmpfs"
+    assert backup_list.rootfs_type("/") == "tmpfs"
     table.write_text("1 0 0:2 / / rw - rootfs rootfs rw\n")
-    assert backup.rootfs_type("/") is None
-    assert backup.rootfs_type("/", str(tmp_path / "missing")) is None
+    assert backup_list.rootfs_type("/") is None
+    assert backup_list.rootfs_type("/", str(tmp_path / "missing")) is None
     monkeypatch.delenv("WRT_MOUNTINFO")
-    assert backup.rootfs_type("/") is not None  # the real /proc/self/mountinfo
+    assert backup_list.rootfs_type("/") is not None  # the real /proc/self/mountinfo
 
 
 def test_dest_that_cannot_be_written(root: Path) -> None:

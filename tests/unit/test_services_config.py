@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from upgraded import services
-from upgraded.services import ServiceConfigError, ServiceSpec, Supervisor
+from upgraded import service_config
+from upgraded.service_config import ServiceConfigError, ServiceSpec
+from upgraded.services import Supervisor
 
 
 def write(d: Path, name: str, content: Any) -> None:
@@ -24,7 +25,7 @@ def write(d: Path, name: str, content: Any) -> None:
 
 def test_defaults_are_procds(tmp_path: Path) -> None:
     write(tmp_path, "a.json", {"name": "a", "command": ["/bin/true"]})
-    [spec] = services.load_dir(tmp_path)
+    [spec] = service_config.load_dir(tmp_path)
     assert spec == ServiceSpec(name="a", command=("/bin/true",), term_timeout=5.0, respawn=True,
                                respawn_threshold=3600.0, respawn_timeout=5.0, respawn_retry=5,
                                source=str(tmp_path / "a.json"))
@@ -36,7 +37,7 @@ def test_full_declaration(tmp_path: Path) -> None:
         "respawn_threshold": 60, "respawn_timeout": 1, "respawn_retry": 0, "env": {"A": "b"},
         "stdout": "/var/log/d.log", "stderr": "/var/log/d.err"})
     write(tmp_path, "README", "not a service")
-    [spec] = services.load_dir(tmp_path)
+    [spec] = service_config.load_dir(tmp_path)
     assert spec.command == ("/usr/sbin/dnsmasq", "-k")
     assert (spec.term_timeout, spec.respawn, spec.respawn_threshold, spec.respawn_timeout,
             spec.respawn_retry) == (2.5, False, 60.0, 1.0, 0)
@@ -54,9 +55,9 @@ def test_every_error_reported_with_file_and_key(tmp_path: Path) -> None:
     write(tmp_path, "g.json", {"name": "g", "command": ["x"], "respawn_timeout": True,
                                "term_timeout": 1e9})
     (tmp_path / "h.json").write_bytes(b"\xff\xfe")
-    write(tmp_path, "i.json", " " * (services.MAX_FILE_BYTES + 1))
+    write(tmp_path, "i.json", " " * (service_config.MAX_FILE_BYTES + 1))
     with pytest.raises(ServiceConfigError) as info:
-        services.load_dir(tmp_path)
+        service_config.load_dir(tmp_path)
     got = {(Path(i.file).name, i.key) for i in info.value.issues}
     assert got == {
         ("b.json", "name"),
@@ -75,7 +76,7 @@ def test_every_error_reported_with_file_and_key(tmp_path: Path) -> None:
 
 
 def test_missing_directory_declares_nothing(tmp_path: Path) -> None:
-    assert services.load_dir(tmp_path / "absent") == []
+    assert service_config.load_dir(tmp_path / "absent") == []
 
 
 # ---- respawn rules on a fake reaper and clock (no process is started or signalled)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from stage2.formats import fwtool
-from sysupgrade import cli
+from sysupgrade import cli, options
 
 REPO = Path(__file__).resolve().parents[2]
 SID = "0" * 32
@@ -140,12 +140,12 @@ def test_invalid_option(root: Path, capsys: pytest.CaptureFixture[str], argv: li
 
 def test_missing_image_prints_help(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "-n")
-    assert code == 1 and out == "" and err == cli.HELP
+    assert code == 1 and out == "" and err == options.HELP
 
 
 def test_help(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "-h") == (0, cli.HELP, "")
-    assert run(capsys, "--help", "whatever") == (0, cli.HELP, "")
+    assert run(capsys, "-h") == (0, options.HELP, "")
+    assert run(capsys, "--help", "whatever") == (0, options.HELP, "")
 
 
 def test_image_not_found(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,7 +195,7 @@ def test_image_url_of_another_scheme_is_invalid_input(root: Path, capsys: pytest
 
 
 def test_options_stop_at_first_non_option() -> None:
-    opts = cli.parse_args(["-n", "img", "-x"])
+    opts = options.parse_args(["-n", "img", "-x"])
     assert opts.image == "img" and not opts.save_config
 
 
@@ -412,9 +412,9 @@ def test_entry_point_exits_with_main(monkeypatch: pytest.MonkeyPatch, root: Path
     (["-h", "-x"], {"help": True}),  # help stops the parsing
 ])
 def test_parse_every_option(argv: list[str], expected: dict[str, Any]) -> None:
-    opts = cli.parse_args([*argv, "img"] if argv[0] != "-h" else argv)
+    opts = options.parse_args([*argv, "img"] if argv[0] != "-h" else argv)
     changed = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)
-               if getattr(opts, f.name) != getattr(cli.Options(), f.name) and f.name != "image"}
+               if getattr(opts, f.name) != getattr(options.Options(), f.name) and f.name != "image"}
     assert changed == expected
 
 
@@ -431,8 +431,8 @@ def test_invalid_option_after_valid_ones(root: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize("argv", [["-b", "out.tgz", "img"], ["-r", "in.tgz", "img"],
                                   ["--create-backup", "-", "-n", "img"]])
 def test_image_with_backup_command(root: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
-    assert run(capsys, *argv) == (1, "", cli.BOTH_IMAGE_AND_BACKUP + "\n")
-    assert cli.BOTH_IMAGE_AND_BACKUP == (
+    assert run(capsys, *argv) == (1, "", options.BOTH_IMAGE_AND_BACKUP + "\n")
+    assert options.BOTH_IMAGE_AND_BACKUP == (
         "-b|--create-backup and -r|--restore-backup do not perform a firmware upgrade.\n"
         "Do not specify both -b|-r and a firmware image.")
 
@@ -449,9 +449,9 @@ def test_skip_unchanged_needs_rom(root: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_validator_env_carries_the_options() -> None:
-    env = cli.validator_env(cli.parse_args(["-n", "-F", "--ignore-minor-compat-version", "img"]), {})
+    env = cli.validator_env(options.parse_args(["-n", "-F", "--ignore-minor-compat-version", "img"]), {})
     assert env == {"SAVE_CONFIG": "0", "FORCE": "1", "IGNORE_MINOR_COMPAT": "1"}
-    assert cli.validator_env(cli.parse_args(["img"]), {}) == {
+    assert cli.validator_env(options.parse_args(["img"]), {}) == {
         "SAVE_CONFIG": "1", "FORCE": "0", "IGNORE_MINOR_COMPAT": "0"}
 
 

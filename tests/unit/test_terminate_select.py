@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stage2.terminate import (
+from stage2.processes import (
     PF_KTHREAD,
     ProcessInfo,
     is_kernel_thread,
