@@ -195,14 +195,7 @@ def find_boot_disk(root_arg: str, candidates: Iterable[str] | None = None) -> st
 
 def _cmdline_root(env: Mapping[str, str]) -> str:
     """``root=`` of ``$WRT_CMDLINE`` (the sandbox's command line) or of /proc/cmdline; "" when absent."""
-    text = env.get("WRT_CMDLINE")
-    if text is None:
-        try:
-            with open("/proc/cmdline") as f:
-                text = f.read()
-        except OSError:
-            text = ""
-    return cmdline.parse(text).get("root", "")
+    return cmdline.read(env).get("root", "")
 
 
 # --- the check -----------------------------------------------------------------------------------

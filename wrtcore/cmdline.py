@@ -7,6 +7,7 @@ line in ``WRT_CMDLINE``; everywhere else it is /proc/cmdline.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 
 def parse(text: str) -> dict[str, str]:
@@ -17,8 +18,9 @@ def parse(text: str) -> dict[str, str]:
     return out
 
 
-def read() -> dict[str, str]:
-    text = os.environ.get("WRT_CMDLINE")
+def read(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The command line: ``WRT_CMDLINE`` of ``env`` (default: this process's), else /proc/cmdline."""
+    text = (os.environ if env is None else env).get("WRT_CMDLINE")
     if text is None:
         try:
             with open("/proc/cmdline") as f:
