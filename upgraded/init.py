@@ -123,6 +123,7 @@ class Init:
         log.setup("upgraded")
         self.install_signals()
         early_mounts()
+        log.setup("upgraded")  # again: /proc and /dev now exist for a ``wrt.log=`` channel (VM)
         self.watchdog = wdt.adopt(dict(os.environ))
         log.get().info("- early -", pid=os.getpid())
         threading.Thread(target=self._boot_sequence, name="boot", daemon=True).start()

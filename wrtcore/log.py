@@ -1,9 +1,11 @@
 """Logging for every stage: human lines on the console, JSON records on a channel of their own.
 
 The JSON channel is a file descriptor named by ``WRT_LOG_FD`` (a second serial port in a VM, a pipe or
-file in the sandbox) and, when ``journal()`` is given a path, an append-only journal file that travels
-with stage2 into the ramfs. Records are shaped like osbuild's monitor entries: ``event``, ``state``,
-``step``, ``progress`` {done,total}, ``duration``, ``result``, plus ``ts`` and ``component``.
+file in the sandbox; in a VM the init opens the device named by the kernel parameter ``wrt.log=`` and
+exports ``WRT_LOG_FD`` to its children) and, when ``journal()`` is given a path, an append-only
+journal file that travels with stage2 into the ramfs. Records are shaped like osbuild's monitor
+entries: ``event``, ``state``, ``step``, ``progress`` {done,total}, ``duration``, ``result``, plus ``ts``
+and ``component``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import structlog
+
+from wrtcore import cmdline
 
 _sinks: list[int] = []
 _journal_fd: int | None = None
@@ -41,11 +45,29 @@ def _console(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str
     return f"{_component}: {name}" + (f" {extras}" if extras else "")
 
 
+def channel_from_cmdline() -> int | None:
+    """Without ``WRT_LOG_FD``: open the device of the kernel's ``wrt.log=`` (e.g. /dev/ttyS1), inheritable,
+    and export it as ``WRT_LOG_FD`` for the children. None when absent or not openable (yet: /dev)."""
+    if os.environ.get("WRT_LOG_FD"):
+        return None
+    path = cmdline.read().get("wrt.log", "")
+    if not path.startswith("/dev/"):
+        return None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_APPEND)
+    except OSError:
+        return None
+    os.set_inheritable(fd, True)
+    os.environ["WRT_LOG_FD"] = str(fd)
+    return fd
+
+
 def setup(component: str, console: Any = None) -> None:
     """Configure structlog for this process. Safe to call again (after an exec it must be)."""
     global _component
     _component = component
     _sinks.clear()
+    channel_from_cmdline()
     fd = os.environ.get("WRT_LOG_FD")
     if fd and fd.isdigit():
         _sinks.append(int(fd))

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # not resolved: the venv's bin, not the base interpreter's
 PACKAGES = ("wrtcore", "upgraded", "stage2", "preinit", "sysupgrade", "sandbox")
-PYTHON_DIRS = (*PACKAGES, "tests", "benchmarks")
+PYTHON_DIRS = (*PACKAGES, "qemu", "tests", "benchmarks")
 SCRIPT_DIRS = ("rootfs-overlay", "sandbox/demo-root", "scripts")
 SHELL_SHEBANG = re.compile(rb"^#!\s*(?:/usr)?/bin/(?:env\s+)?(?:sh|bash|dash)(?:\s|$)")
 PYTHON_SHEBANG = re.compile(rb"^#!\s*(?:/usr)?/bin/(?:env\s+)?python[0-9.]*(?:\s|$)")

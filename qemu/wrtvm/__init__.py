@@ -1,0 +1,1 @@
+"""The vm tier: the firmware chain booted by a real kernel in QEMU (TCG), driven over its serial ports."""

@@ -1,0 +1,72 @@
+"""Firmware images for the VM: the sandbox's images (same base tree, demo services, x86 "combined"
+layout, fwtool trailer) plus the VM-only files of ``qemu/vm-root/`` (a root shell on the serial
+console for the harness), for the board name the VM's firmware (QEMU's i440FX PC) gives preinit.
+Cached under ``.cache/vm/images-<digest>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from preinit.sysinfo import dmi_name
+from sandbox import disk, rootfs
+from sandbox import images as sandbox_images
+from wrtvm.kernel import CACHE, REPO
+
+VM_ROOT = REPO / "qemu" / "vm-root"
+# x86's board name from QEMU's default machine's DMI (sys_vendor, product_name)
+BOARD = dmi_name("QEMU", "Standard PC (i440FX + PIIX, 1996)")
+
+
+@dataclass(frozen=True)
+class Images:
+    v1: Path
+    v2: Path
+    board: str
+    build_seconds: float
+
+
+def digest() -> str:
+    h = hashlib.sha256(rootfs.source_digest().encode() + BOARD.encode())
+    for top in (VM_ROOT, sandbox_images.DEMO):
+        for p in sorted(top.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(REPO)).encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _tree(base: Path, out: Path, version: str) -> Path:
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(base, out, symlinks=True, copy_function=os.link)
+    shutil.copytree(sandbox_images.DEMO, out, dirs_exist_ok=True, symlinks=True)
+    shutil.copytree(VM_ROOT, out, dirs_exist_ok=True, symlinks=True)
+    rootfs.add_version(out, version)
+    return out
+
+
+def build(cache: Path = CACHE) -> Images:
+    start = time.monotonic()
+    where = cache / f"images-{digest()}"
+    v1, v2 = where / "v1.img", where / "v2.img"
+    if not (v1.exists() and v2.exists()):
+        work = where / "work"
+        if work.exists():
+            shutil.rmtree(work)
+        base = work / "base"
+        rootfs.build_base(base)
+        for version, img in (("1.0", v1), ("2.0", v2)):
+            tree = _tree(base, work / f"tree-{version}", version)
+            sq = work / f"root-{version}.sqfs"
+            rootfs.mksquashfs(tree, sq)
+            tmp = img.with_suffix(".tmp")
+            disk.combined_image(sq, tmp, version=version, board=BOARD)
+            os.rename(tmp, img)
+        shutil.rmtree(work)
+    return Images(v1, v2, BOARD, time.monotonic() - start)

@@ -1,0 +1,140 @@
+"""The VM's initramfs: busybox-static, the kernel modules the firmware needs, and an /init that mounts
+``root=`` (squashfs, read-only) and hands over to its /sbin/init with ``switch_root``.
+
+Every module is loaded here, before the switch: the firmware's root carries no modules tree. Written as
+a newc cpio in Python (no root needed for /dev/console), gzip-compressed, cached by content.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from wrtvm.kernel import CACHE, Kernel
+
+BUSYBOX = "/bin/busybox"
+MODULES = ("virtio_pci", "virtio_blk", "squashfs", "overlay", "loop", "ext4", "i6300esb")
+
+INIT = r"""#!/bin/sh
+# initramfs /init: kernel modules, root= mounted read-only, then switch_root to its /sbin/init.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r ko args; do
+    # shellcheck disable=SC2086
+    insmod "$ko" $args || echo "initramfs: insmod $ko failed"
+done < /modules.list
+root=
+fstype=squashfs
+init=/sbin/init
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        root=*) root="${arg#root=}" ;;
+        rootfstype=*) fstype="${arg#rootfstype=}" ;;
+        init=*) init="${arg#init=}" ;;
+    esac
+done
+tries=0
+while [ ! -b "$root" ] && [ "$tries" -lt 500 ]; do
+    tries=$((tries + 1))
+    usleep 20000
+done
+mkdir -p /newroot
+if ! mount -t "$fstype" -o ro "$root" /newroot; then
+    echo "initramfs: cannot mount root $root ($fstype)"
+    exec sh
+fi
+# the init finds them mounted (Python needs /dev/urandom before it can mount anything)
+for fs in /proc /sys /dev; do
+    mount --move "$fs" "/newroot$fs" || umount "$fs"
+done
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+exec switch_root /newroot "$init"
+"""
+
+
+class Cpio:
+    """A newc archive being written."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        encoded = name.encode() + b"\0"
+        fields = (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        self.ino += 1
+        self.buf.write(b"070701" + b"".join(b"%08X" % f for f in fields) + encoded)
+        self.buf.write(b"\0" * (-(110 + len(encoded)) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        self._entry(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        self.buf.write(b"\0" * (-self.buf.tell() % 512))
+        return self.buf.getvalue()
+
+
+def module_order(kernel: Kernel, modules: tuple[str, ...] = MODULES) -> list[tuple[Path, str]]:
+    """Each .ko to insmod, dependencies (and softdeps) first, with the arguments modprobe would pass."""
+    seen: dict[Path, str] = {}
+    for mod in modules:
+        argv = ["modprobe", "-d", str(kernel.tree), "-S", kernel.release, "--show-depends", mod]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            parts = line.split(maxsplit=2)
+            if len(parts) >= 2 and parts[0] == "insmod":
+                path = Path(parts[1])
+                seen.setdefault(path, parts[2].strip() if len(parts) > 2 else "")
+    return list(seen.items())
+
+
+def build(kernel: Kernel, cache: Path = CACHE) -> Path:
+    order = module_order(kernel)
+    h = hashlib.sha256(INIT.encode() + kernel.release.encode() + Path(BUSYBOX).read_bytes())
+    for path, args in order:
+        h.update(f"{path.name} {args}".encode())
+    out = cache / f"initramfs-{h.hexdigest()[:16]}.cpio.gz"
+    if out.exists():
+        return out
+    cpio = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"):
+        cpio.dir(d)
+    cpio.symlink("sbin", "bin")
+    cpio.chardev("dev/console", 5, 1)
+    cpio.chardev("dev/null", 1, 3)
+    cpio.file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":  # a link named busybox would replace the binary (ELOOP)
+            cpio.symlink(f"bin/{applet}", "busybox")
+    listing = []
+    for path, args in order:
+        name = f"lib/modules/{path.name}"
+        cpio.file(name, path.read_bytes())
+        listing.append(f"/{name} {args}".rstrip())
+    cpio.file("modules.list", ("\n".join(listing) + "\n").encode())
+    cpio.file("init", INIT.encode(), 0o755)
+    tmp = out.with_suffix(".tmp")
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(gzip.compress(cpio.finish(), compresslevel=6))
+    os.rename(tmp, out)
+    return out
