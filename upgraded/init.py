@@ -19,8 +19,7 @@ import traceback
 from types import FrameType
 from typing import Any
 
-from stage2 import terminate
-from upgraded import handover, upgrade
+from upgraded import handover
 from upgraded.bus import Bus
 from upgraded.request import UpgradeRequest
 from upgraded.services import Supervisor
@@ -197,6 +196,8 @@ class Init:
 
     def _run_upgrade(self, image: str, backup: str | None, env: dict[str, str], command: str | None) -> None:
         self.upgrading.set()
+        from upgraded import upgrade  # stage2 is loaded when an upgrade starts: boot stays light
+
         ctx = upgrade.context(image=image, backup=backup, env=env, command=command, notify=self._notify,
                               stop_services=self._stop_services)
         upgrade.run_stage2(ctx)
@@ -210,6 +211,8 @@ class Init:
         log.get().info("- shutdown -")
         try:
             self._stop_services()
+            from stage2 import terminate  # only on the way down
+
             terminate.terminate_all(spare=set(), term_timeout=1.0)
         except Exception:
             log.get().error("shutdown error", traceback=traceback.format_exc())
