@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import disk as diskmod
+from sandbox.channel import tee_json_lines
 from wrtcore import loop, mounts, partitions
 
 Record = dict[str, Any]
@@ -66,17 +67,12 @@ class Boot:
 
     # -- readers -----------------------------------------------------------------------------------
     def _read_log(self, fd: int) -> None:
-        with os.fdopen(fd, "rb") as f, open(self.log_path, "ab") as out:
-            for line in f:
-                out.write(line)
-                out.flush()
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                with self._cond:
-                    self.records.append(record)
-                    self._cond.notify_all()
+        tee_json_lines(fd, self.log_path, self._add_record)
+
+    def _add_record(self, record: Record) -> None:
+        with self._cond:
+            self.records.append(record)
+            self._cond.notify_all()
 
     def _read_console(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as f, open(self.console_path, "ab") as out:

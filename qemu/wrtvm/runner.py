@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sandbox.channel import tee_json_lines
 
 Record = dict[str, Any]
 QEMU = "qemu-system-x86_64"
@@ -102,18 +103,12 @@ class VM:
                     self._cond.notify_all()
 
     def _read_log(self, fd: int) -> None:
-        with os.fdopen(fd, "rb") as f, open(self.log_path, "ab") as out:
-            for line in f:
-                out.write(line)
-                out.flush()
-                try:
-                    record = json.loads(line.strip(b"\r\n\0"))
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    with self._cond:
-                        self.records.append(record)
-                        self._cond.notify_all()
+        tee_json_lines(fd, self.log_path, self._add_record)
+
+    def _add_record(self, record: Record) -> None:
+        with self._cond:
+            self.records.append(record)
+            self._cond.notify_all()
 
     def _wait_proc(self) -> None:
         code = self.proc.wait()
