@@ -21,7 +21,7 @@ from typing import Any
 
 from sandbox import disk as diskmod
 from sandbox.channel import tee_json_lines
-from wrtcore import loop, mounts, partitions
+from wrtcore import blockdev, loop, mounts, partitions
 
 Record = dict[str, Any]
 
@@ -232,19 +232,10 @@ class Device:
 
     def devices(self) -> set[int]:
         nums: set[int] = set()
-        for path in self._loops:
+        for path in self._loops:  # each on its own: one may already be gone
             with contextlib.suppress(OSError):
                 nums.add(os.stat(path).st_rdev)
-        changed = True
-        while changed:
-            changed = False
-            for lo in loop.list_loops():
-                with contextlib.suppress(OSError):
-                    n = os.stat(f"/dev/{lo.name}").st_rdev
-                    if lo.backing_dev in nums and n not in nums:
-                        nums.add(n)
-                        changed = True
-        return nums
+        return blockdev.with_stacked_loops(nums)
 
     def close(self) -> None:
         for b in self.boots:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stage2 import ramfs
 from wrtcore import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,20 +30,8 @@ BUSYBOX = "/bin/busybox"
 
 
 def _copy_file(src: str, root: Path) -> None:
-    """Copy ``src`` to the same path under ``root``, symlink chain included."""
-    hops = 0
-    while os.path.islink(src) and hops < 16:
-        dst = root / src.lstrip("/")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        target = os.readlink(src)
-        if not os.path.lexists(dst):
-            os.symlink(target, dst)
-        src = os.path.normpath(os.path.join(os.path.dirname(src), target))
-        hops += 1
-    dst = root / src.lstrip("/")
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
+    """Copy ``src`` to the same path under ``root``, symlink chain included (as the ramfs does)."""
+    ramfs.copy_with_links(src, str(root))
 
 
 def shared_libraries(binaries: list[str]) -> set[str]:

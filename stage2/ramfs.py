@@ -100,8 +100,9 @@ def soname_links(files: list[str]) -> list[str]:
     return links
 
 
-def _copy(path: str, prefix: str) -> int:
-    """Copy one file (and the symlink chain leading to it) under ``prefix`` at the same path."""
+def copy_with_links(path: str, prefix: str) -> int:
+    """Copy one file (and the symlink chain leading to it) under ``prefix`` at the same path; the
+    bytes copied (0 for what was there already or is no regular file)."""
     total = 0
     seen = 0
     while os.path.islink(path) and seen < 16:
@@ -131,7 +132,7 @@ def build(prefix: str, *, python: str | None = None, size_mb: int = 256) -> Ramf
     syscalls.mount("ramfs-stage2", prefix, "tmpfs", syscalls.MS_NOSUID, f"size={size_mb}m,mode=0755")
     total = 0
     for path in files:
-        total += _copy(path, prefix)
+        total += copy_with_links(path, prefix)
     for d in ("mnt", "proc", "sys", "dev", "tmp", "overlay", "boot"):
         os.makedirs(f"{prefix}/{d}", exist_ok=True)
     for sub in ("bin", "usr/bin"):

@@ -55,8 +55,12 @@ def family(disk: str) -> set[int]:
     nums = {devnum(disk)}
     with contextlib.suppress(OSError):
         nums |= {devnum(p) for p in partitions(disk)}
+    return with_stacked_loops(nums)
 
 
+def with_stacked_loops(devices: set[int]) -> set[int]:
+    """``devices`` plus every loop device backed by one of them, transitively."""
+    nums = set(devices)
     changed = True
     while changed:
         changed = False

@@ -19,8 +19,8 @@ import stage2
 from stage2.ramfs import (
     ENTRY_MODULE,
     RamfsImage,
-    _copy,
     bootstrap,
+    copy_with_links,
     elf_interpreter,
     needed_files,
     soname_links,
@@ -158,11 +158,11 @@ def test_copy_keeps_the_symlink_chain_and_counts_bytes(tmp_path: Path) -> None:
     (src / "libz.so.1.3").write_bytes(b"z" * 1000)
     os.symlink("libz.so.1.3", src / "libz.so.1")
     prefix = str(tmp_path.resolve() / "ramfs")
-    assert _copy(str(src / "libz.so.1"), prefix) == 1000
+    assert copy_with_links(str(src / "libz.so.1"), prefix) == 1000
     assert os.readlink(prefix + str(src / "libz.so.1")) == "libz.so.1.3"
     assert Path(prefix + str(src / "libz.so.1.3")).read_bytes() == b"z" * 1000
-    assert _copy(str(src / "libz.so.1.3"), prefix) == 0  # already there: not counted twice
-    assert _copy(str(src / "missing"), prefix) == 0
+    assert copy_with_links(str(src / "libz.so.1.3"), prefix) == 0  # already there: not counted twice
+    assert copy_with_links(str(src / "missing"), prefix) == 0
 
 
 # --- the bootstrap program -----------------------------------------------------------------------------
