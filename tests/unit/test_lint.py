@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # not resolved: the venv's bin, not the base interpreter's
-PACKAGES = ("wrtcore", "upgraded", "stage2", "preinit", "sysupgrade", "sandbox")
+PACKAGES = ("wrtcore", "upgraded", "stage2", "preinit", "sysupgrade", "sandbox", "mtdtool", "swu")
 PYTHON_DIRS = (*PACKAGES, "qemu", "tests", "benchmarks")
 SCRIPT_DIRS = ("rootfs-overlay", "sandbox/demo-root", "scripts")
 SHELL_SHEBANG = re.compile(rb"^#!\s*(?:/usr)?/bin/(?:env\s+)?(?:sh|bash|dash)(?:\s|$)")

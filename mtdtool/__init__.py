@@ -1,0 +1,1 @@
+"""The `mtd` command: OpenWrt mtd-compatible flags and messages over our MTD writer."""

@@ -1,0 +1,1 @@
+"""Platform profiles: which writer and which config method a board uses, detected as OpenWrt does."""
