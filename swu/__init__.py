@@ -1,1 +1,1 @@
-"""SWUpdate-style bundles: the .swu stream, the sw-description model and plan, handlers, the install command."""
+"""SWUpdate-style bundles: the .swu stream, the sw-description plan, handlers, the install command."""
