@@ -22,7 +22,7 @@ from stage2 import ramfs
 from wrtcore import run
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("wrtcore", "upgraded", "stage2", "preinit", "sysupgrade", "sandbox")
+PACKAGES = ("wrtcore", "upgraded", "stage2", "preinit", "sysupgrade", "sandbox", "mtdtool", "swu")
 DISTRIBUTION = "owrt-upgrade"
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
                "pydoc_data", "unittest", "distutils"}
@@ -118,6 +118,15 @@ def build_base(root: Path) -> None:
     run.run(["python3", "-m", "compileall", "-q", "-j0", str(site)], check=False)
 
 
+def add_tools(root: Path, tools: tuple[str, ...]) -> None:
+    """Host binaries (and the shared libraries they need) at the same paths under ``root``."""
+    present = [t for t in tools if os.path.exists(t)]
+    for needed in shared_libraries(present):
+        _copy_file(needed, root)
+    for tool in present:
+        _copy_file(tool, root)
+
+
 def _install_busybox(root: Path) -> None:
     (root / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, root / "bin/busybox")
@@ -130,7 +139,7 @@ def _install_busybox(root: Path) -> None:
 
 def _skeleton(root: Path, python: str) -> None:
     for d in ("proc", "sys", "dev", "tmp", "mnt", "rom", "overlay", "boot", "root", "etc/config",
-              "usr/bin", "usr/libexec", "lib/upgrade/keep.d", "etc/upgraded/services.d"):
+              "usr/bin", "usr/libexec", "lib/upgrade/keep.d", "etc/upgraded/services.d", "lib/modules"):
         (root / d).mkdir(parents=True, exist_ok=True)
     if not os.path.lexists(root / "var"):
         os.symlink("tmp", root / "var")  # relative: also resolves through /proc/<pid>/root

@@ -30,7 +30,7 @@ def build() -> Assets:
     start = time.monotonic()
     k = kernel.fetch()
     initrd = initramfs.build(k)
-    imgs = imagesmod.build()
+    imgs = imagesmod.build(k)
     return Assets(k, initrd, imgs, time.monotonic() - start)
 
 

@@ -16,11 +16,16 @@ from pathlib import Path
 from preinit.sysinfo import dmi_name
 from sandbox import disk, rootfs
 from sandbox import images as sandbox_images
-from wrtvm.kernel import CACHE, REPO
+from wrtvm import initramfs
+from wrtvm.kernel import CACHE, REPO, Kernel
 
 VM_ROOT = REPO / "qemu" / "vm-root"
 # x86's board name from QEMU's default machine's DMI (sys_vendor, product_name)
 BOARD = dmi_name("QEMU", "Standard PC (i440FX + PIIX, 1996)")
+# mtd-utils in the guest: the reference tools the MTD/UBI tests and benchmarks compare against
+GUEST_TOOLS = tuple(f"/usr/sbin/{t}" for t in (
+    "flashcp", "flash_erase", "nandwrite", "nanddump", "mtdinfo", "ubiattach", "ubidetach", "ubimkvol",
+    "ubirmvol", "ubiupdatevol", "ubiformat", "ubinfo", "mkfs.ubifs", "mkfs.jffs2"))
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,9 @@ class Images:
     build_seconds: float
 
 
-def digest() -> str:
-    h = hashlib.sha256(rootfs.source_digest().encode() + BOARD.encode())
+def digest(kernel: Kernel) -> str:
+    h = hashlib.sha256(rootfs.source_digest().encode() + BOARD.encode() + " ".join(GUEST_TOOLS).encode()
+                       + kernel.release.encode() + " ".join(initramfs.ON_DEMAND).encode())
     for top in (VM_ROOT, sandbox_images.DEMO):
         for p in sorted(top.rglob("*")):
             if p.is_file():
@@ -41,19 +47,21 @@ def digest() -> str:
     return h.hexdigest()[:16]
 
 
-def _tree(base: Path, out: Path, version: str) -> Path:
+def _tree(base: Path, out: Path, version: str, kernel: Kernel) -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(base, out, symlinks=True, copy_function=os.link)
     shutil.copytree(sandbox_images.DEMO, out, dirs_exist_ok=True, symlinks=True)
     shutil.copytree(VM_ROOT, out, dirs_exist_ok=True, symlinks=True)
+    rootfs.add_tools(out, GUEST_TOOLS)
+    initramfs.install_on_demand(kernel, out)
     rootfs.add_version(out, version)
     return out
 
 
-def build(cache: Path = CACHE) -> Images:
+def build(kernel: Kernel, cache: Path = CACHE) -> Images:
     start = time.monotonic()
-    where = cache / f"images-{digest()}"
+    where = cache / f"images-{digest(kernel)}"
     v1, v2 = where / "v1.img", where / "v2.img"
     if not (v1.exists() and v2.exists()):
         work = where / "work"
@@ -62,7 +70,7 @@ def build(cache: Path = CACHE) -> Images:
         base = work / "base"
         rootfs.build_base(base)
         for version, img in (("1.0", v1), ("2.0", v2)):
-            tree = _tree(base, work / f"tree-{version}", version)
+            tree = _tree(base, work / f"tree-{version}", version, kernel)
             sq = work / f"root-{version}.sqfs"
             rootfs.mksquashfs(tree, sq)
             tmp = img.with_suffix(".tmp")

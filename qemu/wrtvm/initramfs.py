@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -19,6 +20,9 @@ from wrtvm.kernel import CACHE, Kernel
 
 BUSYBOX = "/bin/busybox"
 MODULES = ("virtio_pci", "virtio_blk", "squashfs", "overlay", "loop", "ext4", "i6300esb")
+# not loaded at boot: a test loads them with ``modprobe`` (parameters vary: nandsim's geometry and bad
+# blocks, block2mtd's device); the VM firmware carries them in its /lib/modules (see images.py)
+ON_DEMAND = ("mtdram", "nandsim", "block2mtd", "mtdblock", "jffs2", "ubi", "ubifs", "zstd", "lzo", "deflate")
 
 INIT = r"""#!/bin/sh
 # initramfs /init: kernel modules, root= mounted read-only, then switch_root to its /sbin/init.
@@ -106,11 +110,32 @@ def module_order(kernel: Kernel, modules: tuple[str, ...] = MODULES) -> list[tup
     return list(seen.items())
 
 
+def on_demand_tree(kernel: Kernel, modules: tuple[str, ...] = ON_DEMAND) -> dict[str, Path]:
+    """``<release>/<path in the tree>`` -> .ko for ``modules`` and their dependencies, the modules a
+    running guest can ``modprobe`` (with a modules.dep made by ``depmod`` for just these)."""
+    base = kernel.tree / "lib" / "modules" / kernel.release
+    wanted: dict[str, Path] = {}
+    for path, _args in module_order(kernel, modules):
+        wanted[f"{kernel.release}/{path.relative_to(base)}"] = path
+    return wanted
+
+
+def install_on_demand(kernel: Kernel, root: Path, modules: tuple[str, ...] = ON_DEMAND) -> None:
+    """Put ``modules`` (and their dependencies) under ``root``/lib/modules/<release> with the index
+    files ``depmod`` makes for just these, so that ``modprobe`` works in the guest."""
+    tree = root / "lib" / "modules"
+    for rel, src in on_demand_tree(kernel, modules).items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, tree / rel)
+    subprocess.run(["depmod", "-b", str(root), kernel.release], check=True, capture_output=True)
+
+
 def build(kernel: Kernel, cache: Path = CACHE) -> Path:
     order = module_order(kernel)
     h = hashlib.sha256(INIT.encode() + kernel.release.encode() + Path(BUSYBOX).read_bytes())
     for path, args in order:
         h.update(f"{path.name} {args}".encode())
+
     out = cache / f"initramfs-{h.hexdigest()[:16]}.cpio.gz"
     if out.exists():
         return out
