@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import subprocess
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from datagen import random_bytes
 
 from stage2.writers.block import device_size, write_image
 from wrtcore.errors import WriteError
@@ -30,14 +30,6 @@ MiB = 1 << 20
 BAD = 4 * MiB  # first byte of the injected fault: sectors 8192..8199
 BAD_LEN = 4096
 
-
-def random_bytes(size: int, seed: int = 1) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.blake2b(f"{seed}:{counter}".encode(), digest_size=64).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def sh(*argv: str, input: str | None = None) -> str:

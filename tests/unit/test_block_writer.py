@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import pytest
+from datagen import random_bytes
 
 from stage2.writers import block
 from stage2.writers.block import WriteReport, device_size, write_image
@@ -22,15 +23,6 @@ from wrtcore.errors import InvalidInput, WriteError
 
 MiB = 1 << 20
 
-
-def random_bytes(size: int, seed: int = 1) -> bytes:
-    """Deterministic incompressible bytes (so failures reproduce)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.blake2b(f"{seed}:{counter}".encode(), digest_size=64).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def hash_list(data: bytes, chunk_size: int) -> str:
