@@ -25,7 +25,7 @@ BOARD = dmi_name("QEMU", "Standard PC (i440FX + PIIX, 1996)")
 # mtd-utils in the guest: the reference tools the MTD/UBI tests and benchmarks compare against
 GUEST_TOOLS = tuple(f"/usr/sbin/{t}" for t in (
     "flashcp", "flash_erase", "nandwrite", "nanddump", "mtdinfo", "ubiattach", "ubidetach", "ubimkvol",
-    "ubirmvol", "ubiupdatevol", "ubiformat", "ubinfo", "mkfs.ubifs", "mkfs.jffs2"))
+    "ubirmvol", "ubiupdatevol", "ubiformat", "ubinfo", "mkfs.ubifs", "mkfs.jffs2", "mtdpart"))
 
 
 @dataclass(frozen=True)
