@@ -16,10 +16,15 @@ import stat
 import subprocess
 from pathlib import Path
 
+from sandbox import rootfs
 from wrtvm.kernel import CACHE, Kernel
 
 BUSYBOX = "/bin/busybox"
-MODULES = ("virtio_pci", "virtio_blk", "squashfs", "overlay", "loop", "ext4", "i6300esb")
+MODULES = ("virtio_pci", "virtio_blk", "squashfs", "overlay", "loop", "ext4", "i6300esb",
+           "mtdblock", "block2mtd", "jffs2")
+# what the NOR layout needs before the root is mounted: the firmware's partitions, split as OpenWrt's
+# mtdsplit does (rootfs = the squashfs rounded up to an erase block, rootfs_data the rest)
+TOOLS = ("/usr/sbin/mtdpart",)
 # not loaded at boot: a test loads them with ``modprobe`` (parameters vary: nandsim's geometry and bad
 # blocks, block2mtd's device); the VM firmware carries them in its /lib/modules (see images.py)
 ON_DEMAND = ("mtdram", "nandsim", "block2mtd", "mtdblock", "jffs2", "ubi", "ubifs", "zstd", "lzo", "deflate")
@@ -36,18 +41,36 @@ done < /modules.list
 root=
 fstype=squashfs
 init=/sbin/init
+nor=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         root=*) root="${arg#root=}" ;;
         rootfstype=*) fstype="${arg#rootfstype=}" ;;
         init=*) init="${arg#init=}" ;;
+        wrt.nor=*) nor="${arg#wrt.nor=}" ;;
     esac
 done
-tries=0
-while [ ! -b "$root" ] && [ "$tries" -lt 500 ]; do
-    tries=$((tries + 1))
-    usleep 20000
-done
+wait_for() {
+    tries=0
+    while [ ! -e "$1" ] && [ "$tries" -lt 500 ]; do
+        tries=$((tries + 1))
+        usleep 20000
+    done
+}
+if [ -n "$nor" ]; then
+    # wrt.nor=<block device>,<erase size>: a NOR flash emulated by block2mtd, named "firmware"
+    wait_for "${nor%%,*}"
+    echo "$nor,firmware" > /sys/module/block2mtd/parameters/block2mtd
+    wait_for /dev/mtdblock0
+    erase=${nor#*,}
+    used=$(od -An -t u8 -j 40 -N 8 /dev/mtdblock0 | tr -d ' ')
+    total=$(cat /sys/class/mtd/mtd0/size)
+    rootfs=$(( (used + erase - 1) / erase * erase ))
+    mtdpart add /dev/mtd0 rootfs 0 "$rootfs" && \
+        mtdpart add /dev/mtd0 rootfs_data "$rootfs" $((total - rootfs)) || echo "initramfs: mtdpart failed"
+    root=/dev/mtdblock1
+fi
+wait_for "$root"
 mkdir -p /newroot
 if ! mount -t "$fstype" -o ro "$root" /newroot; then
     echo "initramfs: cannot mount root $root ($fstype)"
@@ -133,6 +156,8 @@ def install_on_demand(kernel: Kernel, root: Path, modules: tuple[str, ...] = ON_
 def build(kernel: Kernel, cache: Path = CACHE) -> Path:
     order = module_order(kernel)
     h = hashlib.sha256(INIT.encode() + kernel.release.encode() + Path(BUSYBOX).read_bytes())
+    for tool in TOOLS:
+        h.update(Path(tool).read_bytes())
     for path, args in order:
         h.update(f"{path.name} {args}".encode())
 
@@ -142,6 +167,14 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Path:
     cpio = Cpio()
     for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"):
         cpio.dir(d)
+    made: set[str] = {"lib"}
+    for tool in sorted({*TOOLS, *rootfs.shared_libraries(list(TOOLS))}):
+        parts = tool.strip("/").split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) not in made:
+                made.add("/".join(parts[:i]))
+                cpio.dir("/".join(parts[:i]))
+        cpio.file(tool.strip("/"), Path(tool).read_bytes(), 0o755)
     cpio.symlink("sbin", "bin")
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3)
