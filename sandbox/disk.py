@@ -73,13 +73,47 @@ def combined_image(squashfs: Path, out: Path, *, version: str, board: str, disk_
             end = root_start + root_size
             f.seek(end - 1)
             f.write(b"\0")  # zeros after the squashfs: a fresh rootfs_data on first boot
-    metadata = {
+    fwtool.append_metadata(out, _metadata(version, board, compat_version, supported))
+    return out
+
+
+def _metadata(version: str, board: str, compat_version: str, supported: list[str] | None) -> str:
+    return json.dumps({
         "metadata_version": "1.1", "compat_version": compat_version,
         "supported_devices": supported if supported is not None else [board],
         "version": {"dist": "OpenWrt", "version": version, "revision": f"sandbox-{version}",
                     "target": "x86/64", "board": board},
-    }
-    fwtool.append_metadata(out, json.dumps(metadata))
+    })
+
+
+JFFS2_EOF_MARKER = b"\xde\xad\xc0\xde"
+
+
+def nor_image(squashfs: Path, out: Path, *, erase_size: int, version: str, board: str,
+              compat_version: str = "1.0") -> Path:
+    """A NOR sysupgrade image: the squashfs padded with 0xFF to an erase block, then ``DE AD C0 DE`` at
+    the start of the next one (where rootfs_data begins; ``mtd -j`` puts the config there), then the
+    fwtool metadata. The kernel is not in it: QEMU loads it (``-kernel``)."""
+    with open(out, "wb") as f, open(squashfs, "rb") as s:
+        shutil.copyfileobj(s, f, MIB)
+        f.write(b"\xff" * (-f.tell() % erase_size))
+        f.write(JFFS2_EOF_MARKER)
+    fwtool.append_metadata(out, _metadata(version, board, compat_version, None))
+    return out
+
+
+def nor_flash(image: Path, out: Path, size: int) -> Path:
+    """The whole flash of a device that was flashed with ``image`` (its payload, then erased 0xFF)."""
+    payload = payload_size(image)
+    with open(image, "rb") as src, open(out, "wb") as f:
+        left = payload
+        while left:
+            buf = src.read(min(left, 4 * MIB))
+            f.write(buf)
+            left -= len(buf)
+        block = b"\xff" * MIB
+        while f.tell() < size:
+            f.write(block[: size - f.tell()])
     return out
 
 

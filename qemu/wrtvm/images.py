@@ -28,12 +28,18 @@ GUEST_TOOLS = tuple(f"/usr/sbin/{t}" for t in (
     "ubirmvol", "ubiupdatevol", "ubiformat", "ubinfo", "mkfs.ubifs", "mkfs.jffs2", "mtdpart"))
 
 
+NOR_ERASE = 64 * 1024
+NOR_SIZE = 96 * 1024 * 1024  # the emulated NOR chip (block2mtd over the VM's disk file)
+
+
 @dataclass(frozen=True)
 class Images:
-    v1: Path
+    v1: Path  # x86 combined images (sysupgrade files; the disk is the payload)
     v2: Path
     board: str
     build_seconds: float
+    nor_v1: Path  # NOR sysupgrade images (squashfs, 0xFF, DE AD C0 DE, metadata)
+    nor_v2: Path
 
 
 def digest(kernel: Kernel) -> str:
@@ -63,18 +69,21 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Images:
     start = time.monotonic()
     where = cache / f"images-{digest(kernel)}"
     v1, v2 = where / "v1.img", where / "v2.img"
-    if not (v1.exists() and v2.exists()):
+    nor_v1, nor_v2 = where / "nor-v1.bin", where / "nor-v2.bin"
+    if not all(p.exists() for p in (v1, v2, nor_v1, nor_v2)):
         work = where / "work"
         if work.exists():
             shutil.rmtree(work)
         base = work / "base"
         rootfs.build_base(base)
-        for version, img in (("1.0", v1), ("2.0", v2)):
+        for version, img, nor in (("1.0", v1, nor_v1), ("2.0", v2, nor_v2)):
             tree = _tree(base, work / f"tree-{version}", version, kernel)
             sq = work / f"root-{version}.sqfs"
             rootfs.mksquashfs(tree, sq)
             tmp = img.with_suffix(".tmp")
             disk.combined_image(sq, tmp, version=version, board=BOARD)
             os.rename(tmp, img)
+            disk.nor_image(sq, tmp, erase_size=NOR_ERASE, version=version, board=BOARD)
+            os.rename(tmp, nor)
         shutil.rmtree(work)
-    return Images(v1, v2, BOARD, time.monotonic() - start)
+    return Images(v1, v2, BOARD, time.monotonic() - start, nor_v1, nor_v2)
