@@ -1,7 +1,11 @@
-"""``preinit [start|done]``: run the boot hooks, or the done step after a completed boot."""
+"""``preinit [start|done]``: run the boot hooks, or the done step after a completed boot.
+
+Exit codes: 0 done (a failing hook is logged, not fatal), 2 usage.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from preinit import boot
@@ -12,6 +16,9 @@ def main(argv: list[str]) -> int:
     log.setup("preinit")
     what = argv[0] if argv else "start"
     if what == "start":
+        # SIGUSR1/SIGINT select failsafe during the wait (trigger.Wait); outside it they do nothing
+        for signo in (signal.SIGUSR1, signal.SIGINT):
+            signal.signal(signo, signal.SIG_IGN)
         boot.run_hooks()
         return 0
     if what == "done":

@@ -1,10 +1,14 @@
 """mount_root: the squashfs root with an overlay on rootfs_data, as OpenWrt's fstools sets it up.
 
 x86 "combined" layout: rootfs_data lives on the root partition right after the squashfs, at the next
-64 KiB boundary, reached through a loop device at that offset. Identified by its first bytes: an ext4
-superblock is mounted as it is; anything else (zeros from a fresh flash, deadc0de) is formatted. The
-overlay's state follows fstools: ``.fs_state`` -> "1" pending until ``done`` marks it "2" ready; a
-pending overlay is wiped on boot except files named sysupgrade.tgz (the config restore runs again).
+64 KiB boundary, reached through a loop device at that offset. Identified by its first bytes as fstools
+does (``identify``): an ext4 or f2fs superblock, or jffs2 (magic 0x1985, either endian), is mounted as
+it is; ``deadc0de`` (nothing written since the flash) gets a tmpfs overlay for this boot and is
+formatted only when the boot is done; a gzip stream at its start is eMMC's config archive (OpenWrt's
+``emmc_copy_config`` writes it there raw): it is unpacked to /tmp/sysupgrade.tar, then the volume is
+formatted; anything else (zeros) is formatted. A filesystem that will not mount falls back to a tmpfs
+overlay. The overlay's state follows fstools: ``.fs_state`` -> "1" pending until ``done`` marks it "2"
+ready; a pending overlay is wiped on boot except files named sysupgrade.tgz (the restore runs again).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import zlib
 
 from wrtcore import blockdev, cmdline, log, loop, partitions, run, syscalls
 
@@ -20,16 +25,49 @@ PENDING, READY = "1", "2"
 MIN_OVERLAY = 2 << 20
 
 
+JFFS2_MAGIC = (b"\x85\x19", b"\x19\x85")  # 0x1985 little- and big-endian
+F2FS_MAGIC = b"\x10\x20\xf5\xf2"  # 0xF2F52010 little-endian, at 1024
+TAR_FROM_DATA = "/tmp/sysupgrade.tar"
+MAX_TAR = 64 << 20
+
+
 def identify(dev: str) -> str:
+    """ext4 | f2fs | jffs2 | deadcode | targz | none, from the first bytes (fstools' volume_identify)."""
     with open(dev, "rb") as f:
         head = f.read(2048)
-    if head[1080:1082] == b"\x53\xef":
-        return "ext4"
     if head[:4] == b"\xde\xad\xc0\xde":
         return "deadcode"
+    if head[:2] in JFFS2_MAGIC:
+        return "jffs2"
     if head[:2] == b"\x1f\x8b":
         return "targz"
+    if head[1080:1082] == b"\x53\xef":
+        return "ext4"
+    if head[1024:1028] == F2FS_MAGIC:
+        return "f2fs"
     return "none"
+
+
+def unpack_targz(dev: str, dest: str = TAR_FROM_DATA, limit: int = MAX_TAR) -> int:
+    """The gzip stream at the start of ``dev`` (padding after it ignored) into ``dest``; its size.
+    ValueError when it is not a whole gzip stream or unpacks to more than ``limit`` bytes."""
+    inflate = zlib.decompressobj(wbits=31)
+    total = 0
+    with open(dev, "rb") as src, open(dest + ".new", "wb") as out:
+        while not inflate.eof:
+            chunk = src.read(1 << 16)
+            if not chunk:
+                raise ValueError("the gzip stream at the start of rootfs_data is cut short")
+            try:
+                data = inflate.decompress(chunk, limit + 1 - total)
+            except zlib.error as exc:
+                raise ValueError(f"damaged gzip stream at the start of rootfs_data: {exc}") from exc
+            total += len(data)
+            if total > limit or inflate.unconsumed_tail:
+                raise ValueError(f"config archive at the start of rootfs_data is over {limit} bytes")
+            out.write(data)
+    os.rename(dest + ".new", dest)
+    return total
 
 
 def _state(overlay: str) -> str | None:
@@ -87,23 +125,41 @@ def fopivot(overlay: str) -> None:
             syscalls.mount(f"/rom{mnt}", mnt, None, syscalls.MS_MOVE)
 
 
+def _mount_data(data: str) -> str:
+    """Mount rootfs_data on /tmp/overlay as its first bytes say; "tmpfs" when it cannot be used now."""
+    fs = identify(data)
+    if fs == "deadcode":
+        log.get().info("rootfs_data not ready yet, using temporary tmpfs overlay", device=data)
+        return "tmpfs"
+    if fs == "targz":
+        try:
+            size = unpack_targz(data)
+            log.get().info("config archive found at the start of rootfs_data", tar=TAR_FROM_DATA, bytes=size)
+        except (OSError, ValueError) as exc:
+            log.get().warning("config archive at the start of rootfs_data dropped", error=str(exc))
+    if fs in ("targz", "none"):
+        log.get().info("formatting rootfs_data", device=data, found=fs)
+        run.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs_data", data])
+        fs = "ext4"
+    try:
+        syscalls.mount(data, "/tmp/overlay", fs, syscalls.MS_NOATIME)
+    except OSError as exc:
+        log.get().warning(f"switching to {fs} failed - fallback to ramoverlay", error=str(exc))
+        return "tmpfs"
+    loop.set_autoclear(data)  # goes away with the mount
+    return fs
+
+
 def start() -> str:
     """Mount the overlay and pivot into it; returns the kind of overlay used."""
     root_dev = cmdline.read().get("root", "")
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     data = attach_rootfs_data(root_dev) if root_dev.startswith("/dev/") else None
     os.makedirs("/tmp/overlay", exist_ok=True)
-    kind = "tmpfs"
-    if data is not None:
-        fs = identify(data)
-        if fs != "ext4":
-            log.get().info("formatting rootfs_data", device=data, found=fs)
-            run.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs_data", data])
-        syscalls.mount(data, "/tmp/overlay", "ext4", syscalls.MS_NOATIME)
-        loop.set_autoclear(data)  # goes away with the mount
-        kind = "ext4"
-    else:
-        log.get().info("no usable overlay filesystem found, using tmpfs overlay")
+    kind = _mount_data(data) if data is not None else "tmpfs"
+    if kind == "tmpfs":
+        if data is None:
+            log.get().info("no usable overlay filesystem found, using tmpfs overlay")
         syscalls.mount("tmpfs", "/tmp/overlay", "tmpfs", syscalls.MS_NOATIME, "mode=0755")
     state = _state("/tmp/overlay")
     if state == PENDING:

@@ -53,12 +53,24 @@ def _dmi_pick(dmi: str) -> tuple[str, str] | None:
     return (vendor, product) if vendor and product else None
 
 
+DT_DIRS = ("proc/device-tree", "sys/firmware/devicetree/base")
+
+
+def device_tree(sys_root: str = "/") -> tuple[str, str] | None:
+    """(first ``compatible`` string, ``model``) from the first device tree found under ``sys_root``."""
+    for rel in DT_DIRS:
+        compatible = _read(os.path.join(sys_root, rel, "compatible")).split("\0")[0].strip()
+        if compatible:
+            model = _read(os.path.join(sys_root, rel, "model")).split("\0")[0].strip()
+            return compatible, model or compatible
+    return None
+
+
 def board_name(sys_root: str = "/") -> tuple[str, str]:
-    """(board_name, model)."""
-    dt = _read(os.path.join(sys_root, "proc/device-tree/compatible"))
+    """(board_name, model): the device tree's first compatible string, else x86's DMI name."""
+    dt = device_tree(sys_root)
     if dt:
-        model = _read(os.path.join(sys_root, "proc/device-tree/model")).rstrip("\0")
-        return dt.split("\0")[0], model or dt.split("\0")[0]
+        return dt
     picked = _dmi_pick(os.path.join(sys_root, "sys/class/dmi/id"))
     if picked:
         model = f"{picked[0]} {picked[1]}"
@@ -66,8 +78,8 @@ def board_name(sys_root: str = "/") -> tuple[str, str]:
     return "generic", "generic"
 
 
-def write(tmp: str = "/tmp") -> str:
-    name, model = board_name()
+def write(tmp: str = "/tmp", sys_root: str = "/") -> str:
+    name, model = board_name(sys_root)
     os.makedirs(f"{tmp}/sysinfo", exist_ok=True)
     with open(f"{tmp}/sysinfo/board_name", "w") as f:
         f.write(name + "\n")

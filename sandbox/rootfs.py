@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("wrtcore", "upgraded", "stage2", "preinit", "sysupgrade", "sandbox", "mtdtool", "swu")
 DISTRIBUTION = "owrt-upgrade"
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
-               "pydoc_data", "unittest", "distutils"}
+               "pydoc_data", "distutils"}  # unittest stays: pyroute2 imports unittest.mock
 BUSYBOX = "/bin/busybox"
 
 

@@ -15,15 +15,40 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stage2.formats import fwtool
 from wrtcore import log, partitions, syscalls
 
 REPORT_NAME = "upgrade-report.json"
+VERSION_FILE = "/etc/openwrt_version"
+
+
+def running_version(path: str = VERSION_FILE) -> str:
+    """The firmware version of the running root ("" when it does not say)."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def image_version(image: str) -> str:
+    """``version.version`` of the image's fwtool metadata ("" when it has none or cannot be read)."""
+    try:
+        meta = fwtool.extract_metadata(image, missing_ok=True)
+    except (OSError, ValueError, fwtool.FwtoolError):
+        return ""
+    version = (meta or {}).get("version")
+    if isinstance(version, dict):
+        return str(version.get("version") or "")
+    return str(version or "")
 
 
 @dataclass
 class Report:
     outcome: str = "running"  # success | aborted | failed_after_write
     image: str = ""
+    from_version: str = field(default_factory=running_version)  # made in PID 1 on the old root
+    to_version: str = ""
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     failed_state: str | None = None
@@ -79,6 +104,8 @@ def save_failure(report: Report, disk: str | None, boot_partition: int = 1) -> b
 
 def persist(report: Report, partition: str, fstype: str = "ext4") -> None:
     """Mount ``partition`` on a fresh directory, write the report there with fsync, unmount."""
+    if not report.to_version and report.image:
+        report.to_version = image_version(report.image)
     where = tempfile.mkdtemp(prefix="report-", dir="/tmp" if os.path.isdir("/tmp") else "/")
     try:
         syscalls.mount(partition, where, fstype, syscalls.MS_NOATIME)

@@ -3,6 +3,12 @@
 Every path ends in ``wrtcore.power.reboot``: an exception in the loop is logged and the loop goes on;
 SIGTERM/SIGINT start an orderly reboot, except during an upgrade, where they are logged and ignored
 (so a stray ``kill 1`` cannot cut the flash short).
+
+An ordinary reboot (``system reboot``, SIGTERM/SIGINT; SIGUSR1 halts, SIGUSR2 powers off): the services
+stop through the supervisor (SIGTERM, each up to its ``term_timeout`` on exit events, then SIGKILL),
+every other process gets SIGTERM, up to 1 s on exit events, then SIGKILL; then the filesystems go
+read-only (``unmount_plan``: the root first, then the others deepest first, unmounted or else
+remounted read-only), sync, reboot(2). The watchdog keeps being fed until the end.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from upgraded.bus import Bus
 from upgraded.request import UpgradeRequest
 from upgraded.services import Supervisor
 from upgraded.system import SystemObject
-from wrtcore import children, log, power, syscalls
+from wrtcore import children, log, mounts, power, syscalls
 from wrtcore import watchdog as wdt
 
 SERVICES_DIR = "/etc/upgraded/services.d"
@@ -48,6 +54,44 @@ def early_mounts() -> None:
                 log.get().warning("early mount failed", target=target, error=str(exc))
     for d in ("/tmp/run", "/tmp/lock", "/tmp/state", "/tmp/log"):
         os.makedirs(d, exist_ok=True)
+
+
+KEEP_MOUNTED = ("proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup", "cgroup2", "efivarfs", "debugfs",
+                "securityfs", "pstore", "bpf", "tracefs", "mqueue", "configfs", "fusectl", "hugetlbfs")
+
+
+def unmount_plan(table: list[mounts.Mount]) -> list[str]:
+    """The mount points to close on the way down: the root first, then every other mount of a real
+    filesystem, deepest first. Each is remounted read-only while still reachable (an overlay's upper
+    filesystem stays in use by the overlay after an unmount: only the remount closes its journal),
+    then unmounted where nothing holds it."""
+    return ["/", *(m.mountpoint for m in reversed(table)
+                   if m.mountpoint != "/" and m.fstype not in KEEP_MOUNTED)]
+
+
+def unmount_all() -> list[dict[str, str]]:
+    done: list[dict[str, str]] = []
+    syscalls.sync()
+    try:
+        table = mounts.read_mountinfo()
+    except OSError as exc:
+        log.get().warning("mount table unreadable", error=str(exc))
+        return done
+    for target in unmount_plan(table):
+        try:
+            syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+            result = "read-only"
+        except OSError as exc:
+            result = f"left writable: {exc.strerror}"
+        if target != "/":
+            try:
+                syscalls.umount(target)
+                result = "unmounted" if result == "read-only" else f"unmounted ({result})"
+            except OSError:
+                pass  # busy (a lower or upper of the root overlay): read-only is what counts
+        done.append({"mountpoint": target, "result": result})
+    log.get().info("filesystems", done=done)
+    return done
 
 
 def _read(path: str) -> str:
@@ -111,7 +155,7 @@ class Init:
         self.supervisor.start_all()
 
     def start_bus(self) -> None:
-        self.system = SystemObject(self)
+        self.system = SystemObject(self, watchdog=lambda: self.watchdog)
         self.bus = Bus()
         self.system.register(self.bus)
         self.bus.start()
@@ -213,7 +257,12 @@ class Init:
             self._stop_services()
             from stage2 import terminate  # only on the way down
 
-            terminate.terminate_all(spare=set(), term_timeout=1.0)
+            result = terminate.terminate_all(spare=set(), term_timeout=1.0)
+            log.get().info("- SIGTERM/SIGKILL processes -", ended=len(result.ended),
+                           killed=sorted({e.name for e in result.ended if e.signal == "SIGKILL"}),
+                           survivors=[s.name for s in result.survivors])
+            self.reaper.reap()
+            unmount_all()
         except Exception:
             log.get().error("shutdown error", traceback=traceback.format_exc())
         power.reboot("shutdown requested", cmd)

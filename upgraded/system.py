@@ -1,4 +1,4 @@
-"""The bus's ``system`` object: board, info, validate_firmware_image, sysupgrade, reboot.
+"""The bus's ``system`` object: board, info, validate_firmware_image, sysupgrade, reboot, watchdog.
 
 ``sysupgrade`` follows procd (request.py's policy and table, validator.py's helper) with two
 improvements: an accepted request is answered with status 0 ``{"accepted": true}`` *before* the host
@@ -17,11 +17,14 @@ from upgraded.request import Rejection, SysupgradeArgs, UpgradeRequest
 from upgraded.rpc import Status
 from upgraded.validator import ValidatorError, run_validator
 from wrtcore import log
+from wrtcore.watchdog import Keeper
 
 OBJECT = "system"
 MSG_REBOOT_REFUSED = "sysupgrade in progress"
 
 Validate = Callable[[str], dict[str, Any]]
+WATCHDOG_SIGNATURE = {"frequency": "int32", "timeout": "int32", "magicclose": "boolean", "stop": "boolean"}
+INT32_MAX = 2**31 - 1
 
 
 class Host(Protocol):
@@ -43,9 +46,11 @@ def _refuse(rejection: Rejection) -> Reply:
 
 
 class SystemObject:
-    def __init__(self, host: Host, validate: Validate = run_validator) -> None:
+    def __init__(self, host: Host, validate: Validate = run_validator,
+                 watchdog: Callable[[], Keeper | None] = lambda: None) -> None:
         self.host = host
         self._validate = validate
+        self._watchdog = watchdog
         self._lock = threading.Lock()
         self._busy = False
 
@@ -67,6 +72,7 @@ class SystemObject:
             "validate_firmware_image": Method(self._validate_image, {"path": "string"}, root_only=True),
             "sysupgrade": Method(self._sysupgrade, request.SYSUPGRADE_SIGNATURE, root_only=True),
             "reboot": Method(self._reboot, root_only=True),
+            "watchdog": Method(self._watchdog_call, WATCHDOG_SIGNATURE, root_only=True),
         }
 
     def register(self, bus: Bus) -> None:
@@ -127,6 +133,25 @@ class SystemObject:
         except Exception as exc:
             log.get().error("sysupgrade.start_failed", error=repr(exc))
             self.release()
+
+    def _watchdog_call(self, args: dict[str, Any], _caller: Caller) -> Reply:
+        """procd's ``system watchdog``: frequency, timeout (int32 > 0), magicclose, stop (booleans)."""
+        for key in ("frequency", "timeout"):
+            value = args.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 < value <= INT32_MAX):
+                return Reply.error(Status.INVALID_ARGUMENT, f"{key} must be a positive int32")
+        for key in ("magicclose", "stop"):
+            if args.get(key) is not None and not isinstance(args[key], bool):
+                return Reply.error(Status.INVALID_ARGUMENT, f"{key} must be a boolean")
+        keeper = self._watchdog()
+        if keeper is None:
+            return Reply(Status.OK, {"status": "offline", "timeout": 0, "frequency": 0, "magicclose": False})
+        reply = keeper.configure(frequency=args.get("frequency"), timeout=args.get("timeout"),
+                                 magicclose=args.get("magicclose"), stop=args.get("stop"))
+        if args:
+            log.get().info("watchdog set", **reply)
+        return Reply(Status.OK, reply)
 
     def _reboot(self, _args: dict[str, Any], _caller: Caller) -> Reply:
         if self.upgrading:  # a reboot now could cut the flash short

@@ -212,7 +212,10 @@ def test_list(env: Env) -> None:
             "prefix": "string", "path": "string", "force": "boolean", "backup": "string",
             "command": "string", "options": "object"}
         assert objects["system"]["validate_firmware_image"] == {"path": "string"}
-        assert set(objects["system"]) == {"board", "info", "validate_firmware_image", "sysupgrade", "reboot"}
+        assert set(objects["system"]) == {"board", "info", "validate_firmware_image", "sysupgrade", "reboot",
+                                          "watchdog"}
+        assert objects["system"]["watchdog"] == {"frequency": "int32", "timeout": "int32",
+                                                 "magicclose": "boolean", "stop": "boolean"}
         assert list(c.list("sys*")) == ["system"]
         assert c.list("nothing*") == {}
 

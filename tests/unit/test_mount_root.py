@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from preinit.mount_root import PENDING, READY, STATE_LINK, _state, identify, set_state, wipe_pending
+from preinit.mount_root import (
+    PENDING,
+    READY,
+    STATE_LINK,
+    _state,
+    identify,
+    set_state,
+    unpack_targz,
+    wipe_pending,
+)
 
 
 def image(tmp_path: Path, head: bytes, size: int = 64 * 1024) -> str:
@@ -35,7 +44,12 @@ def ext4_magic_at_1080() -> bytes:
     (b"\x53\xef" + bytes(2046), "none"),               # the magic, but not at 1080
     (bytes(1080) + b"\xef\x53", "none"),               # byte-swapped magic
     (b"\xde\xad\xc0", "none"),
-], ids=["ext4", "deadc0de", "gzip", "zeros", "magic-at-0", "swapped-magic", "short-deadc0de"])
+    (b"\x85\x19\x03\x20" + bytes(60), "jffs2"),     # clean marker, little-endian flash
+    (b"\x19\x85\x20\x03" + bytes(60), "jffs2"),     # big-endian flash
+    (bytes(1024) + b"\x10\x20\xf5\xf2", "f2fs"),     # F2FS_SUPER_MAGIC at 1024
+    (bytes(1024) + b"\xf2\xf5\x20\x10", "none"),     # the f2fs magic byte-swapped
+], ids=["ext4", "deadc0de", "gzip", "zeros", "magic-at-0", "swapped-magic", "short-deadc0de", "jffs2-le",
+        "jffs2-be", "f2fs", "f2fs-swapped"])
 def test_identify(tmp_path: Path, head: bytes, kind: str) -> None:
     assert identify(image(tmp_path, head)) == kind
 
@@ -131,3 +145,34 @@ def test_wipe_pending_on_an_empty_overlay(tmp_path: Path) -> None:
     wipe_pending(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
     assert tmp_path.is_dir()  # the overlay itself stays
+
+
+# --- eMMC's config archive at the start of rootfs_data ---------------------------------------------------
+
+
+@pytest.mark.parametrize("padding", [bytes(4096), b"\xff" * 4096, b"\xde\xad\xc0\xde" * 1024],
+                         ids=["zeros", "erased", "deadc0de"])
+def test_unpack_targz_takes_the_stream_and_ignores_what_follows(tmp_path: Path, padding: bytes) -> None:
+    tar = os.urandom(300_000)  # incompressible: the stream spans several reads
+    dev = image(tmp_path, gzip.compress(tar) + padding, 1 << 20)
+    dest = tmp_path / "sysupgrade.tar"
+    assert unpack_targz(dev, str(dest)) == len(tar)
+    assert dest.read_bytes() == tar
+    assert identify(dev) == "targz"
+
+
+def test_unpack_targz_refuses_a_cut_stream_and_writes_nothing(tmp_path: Path) -> None:
+    whole = gzip.compress(os.urandom(100_000))
+    path = tmp_path / "cut"
+    path.write_bytes(whole[:50_000])
+    dest = tmp_path / "sysupgrade.tar"
+    with pytest.raises(ValueError, match="cut short"):
+        unpack_targz(str(path), str(dest))
+    assert not dest.exists()
+
+
+def test_unpack_targz_refuses_a_bomb(tmp_path: Path) -> None:
+    dev = image(tmp_path, gzip.compress(bytes(5 << 20)), 1 << 20)
+    with pytest.raises(ValueError, match="over 1048576 bytes"):
+        unpack_targz(dev, str(tmp_path / "out.tar"), limit=1 << 20)
+    assert not (tmp_path / "out.tar").exists()

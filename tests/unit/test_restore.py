@@ -331,3 +331,68 @@ def test_a_path_max_symlink_chain_cannot_escape(box: Box, tmp_path: Path) -> Non
     ]
     extract(archive(tmp_path / "a.tgz", members), str(box.root))
     box.assert_outside_unchanged()
+
+
+# --- one rejection at a time (issue 5): each with a good member after it, which must be restored ---------
+
+ONE_EACH = {
+    "dotdot": ([f("../secret", "overwritten\n")], ["../secret"]),
+    "dotdot-inside-the-name": ([f("etc/../../secret", "overwritten\n")], ["etc/../../secret"]),
+    "symlink-out-then-a-file-through-it": (
+        [Member("etc/out", tarfile.SYMTYPE, linkname="../../"), f("etc/out/secret", "through\n")],
+        ["etc/out"]),
+    "hard-link-outside-relative": ([Member("etc/hl", tarfile.LNKTYPE, linkname="../secret")], ["etc/hl"]),
+    "hard-link-outside-absolute": ([Member("etc/hl", tarfile.LNKTYPE, linkname="/../secret")], ["etc/hl"]),
+    "char-device": ([Member("etc/mem", tarfile.CHRTYPE, devmajor=1, devminor=1, mode=0o666)], ["etc/mem"]),
+    "block-device": ([Member("etc/sda", tarfile.BLKTYPE, devmajor=8, devminor=0)], ["etc/sda"]),
+    "fifo": ([Member("etc/fifo", tarfile.FIFOTYPE)], ["etc/fifo"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_EACH))
+def test_one_rejection(box: Box, tmp_path: Path, case: str) -> None:
+    members, refused = ONE_EACH[case]
+    good = f("etc/config/network", "restored\n")
+    result = extract(archive(tmp_path / "a.tgz", [*members, good]), str(box.root))
+    assert result["refused"] == refused
+    assert good.name in result["restored"]
+    assert (box.root / "etc/config/network").read_text() == "restored\n"
+    box.assert_outside_unchanged()
+    for m in members:
+        if m.name in refused:
+            assert not (box.root / m.name).is_symlink()
+            made = box.root / m.name
+            assert m.type == tarfile.REGTYPE or not made.exists() or made.is_dir()
+    if case == "symlink-out-then-a-file-through-it":  # the link was never made: a plain file inside
+        assert (box.root / "etc/out/secret").read_text() == "through\n"
+
+
+def test_setuid_file_kept_without_the_bit_and_a_warning(box: Box, tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        result = extract(archive(tmp_path / "a.tgz", [f("usr/bin/tool", mode=0o4755)]), str(box.root))
+    assert result == {"restored": ["usr/bin/tool"], "refused": []}
+    mode = (box.root / "usr/bin/tool").stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID) and mode & 0o100
+    assert [r.get("member") for r in logs if r["event"] == "setuid/setgid bit dropped"] == ["usr/bin/tool"]
+
+
+def test_merge_adds_new_system_users_and_never_touches_changed_ones(box: Box, tmp_path: Path) -> None:
+    """The owner changed root's shell and dnsmasq's home; the new firmware adds ``ntp``: after the
+    restore the owner's lines stand as they were and ntp's line is there once."""
+    (box.root / "etc/passwd").write_text(PASSWD + "ntp:x:123:123:ntp:/var/run/ntp:/bin/false\n")
+    (box.root / "etc/group").write_text(GROUP + "ntp:x:123:ntp\n")
+    (box.root / "etc/shadow").write_text(SHADOW + "ntp:x:0:0:99999:7:::\n")
+    owners = {
+        "etc/passwd": "root:x:0:0:root:/root:/bin/bash\ndnsmasq:x:453:453:dnsmasq:/srv/dns:/bin/false\n",
+        "etc/group": "root:x:0:\ndnsmasq:x:453:dnsmasq,admin\n",
+        "etc/shadow": "root:$6$salt$hash:19000:0:99999:7:::\ndnsmasq:x:0:0:99999:7:::\n",
+    }
+    extract(archive(tmp_path / "a.tgz", [f(k, v) for k, v in owners.items()]), str(box.root))
+    for rel, text in owners.items():
+        got = (box.root / rel).read_text().splitlines()
+        assert got[:2] == text.splitlines(), f"{rel}: the owner's lines come first, untouched"
+        names = [line.split(":", 1)[0] for line in got]
+        assert names.count("ntp") == 1 and names.count("root") == 1 and names.count("dnsmasq") == 1
+    assert "ntp:x:123:123:ntp:/var/run/ntp:/bin/false" in (box.root / "etc/passwd").read_text()

@@ -103,3 +103,23 @@ def test_dmi_placeholders_fall_back_to_the_board_fields(tmp_path: Path) -> None:
     dmi(tmp_path, sys_vendor="To be filled by O.E.M.\n", product_name="Default string\n",
         board_vendor="Qotom\n", board_name="Q355G4\n")
     assert board_name(str(tmp_path))[0] == "qotom-q355g4"
+
+
+def test_device_tree_under_sys_firmware_when_proc_has_none(tmp_path: Path) -> None:
+    base = tmp_path / "sys/firmware/devicetree/base"
+    base.mkdir(parents=True)
+    (base / "compatible").write_bytes(b"raspberrypi,4-model-b\0brcm,bcm2711\0")
+    (base / "model").write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\0")
+    dmi(tmp_path, sys_vendor="Ignored", product_name="Ignored")
+    assert board_name(str(tmp_path)) == ("raspberrypi,4-model-b", "Raspberry Pi 4 Model B Rev 1.4")
+    write(str(tmp_path / "tmp"), sys_root=str(tmp_path))
+    assert (tmp_path / "tmp/sysinfo/board_name").read_text() == "raspberrypi,4-model-b\n"
+    assert (tmp_path / "tmp/sysinfo/model").read_text() == "Raspberry Pi 4 Model B Rev 1.4\n"
+
+
+def test_proc_device_tree_wins_over_sys_firmware(tmp_path: Path) -> None:
+    device_tree(tmp_path, b"first,board\0")
+    base = tmp_path / "sys/firmware/devicetree/base"
+    base.mkdir(parents=True)
+    (base / "compatible").write_bytes(b"second,board\0")
+    assert board_name(str(tmp_path))[0] == "first,board"
