@@ -105,10 +105,11 @@ class InstallPlan:
     bootenv: tuple[BootenvVar, ...] = ()
     skipped: tuple[Skipped, ...] = ()
     embedded_script: str | None = None
+    bootenv_files: tuple[Artifact, ...] = ()  # ``bootenv`` entries naming an env file (Section.BOOTENV)
 
     def artifacts(self) -> tuple[Artifact, ...]:
         """Every artifact to install (not the skipped ones), in install order."""
-        return (*self.images, *self.files, *self.scripts)
+        return (*self.images, *self.files, *self.scripts, *self.bootenv_files)
 
     def wanted(self) -> frozenset[str]:
         """The cpio member names this plan reads."""
