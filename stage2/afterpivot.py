@@ -17,9 +17,12 @@ import traceback
 
 from stage2 import release
 from stage2.machine import Context, Step, run
+from stage2.platforms import nand, x86
+from stage2.platforms.profile import ConfigMethod, Kind, Profile, Writer
 from stage2.report import Report, peak_rss_kb, persist, save_failure
 from stage2.states import State
 from stage2.writers import block
+from stage2.writers.mtd import write_mtd
 from wrtcore import blockdev, log, power, syscalls, watchdog
 from wrtcore.errors import UpgradeError
 
@@ -59,22 +62,79 @@ def releasing_root(ctx: Context) -> None:
 def flashing(ctx: Context) -> None:
     plan = ctx.data["plan"]
     total = int(plan["payload_length"])
-    last = [0.0]
+    last = [0.0, -1.0]  # time and whole percent of the last progress record
 
     def progress(done: int, _total: int | None) -> None:
         ctx.report.written = ctx.report.written or done > 0
         now = time.monotonic()
-        if now - last[0] >= 0.25 or done == total:
-            last[0] = now
+        percent = done * 100 // total if total else 0
+        if now - last[0] >= 0.25 or done == total or percent != last[1]:  # at least one per 1 %
+            last[0], last[1] = now, percent
             log.get().info("progress", state="flashing", progress={"done": done, "total": total})
 
     ctx.report.first_write_after = round(time.time() - ctx.requested_at, 4)
-    with open(ctx.image, "rb") as src:
-        result = block.write_image(src, plan["disk"], length=total, progress=progress)
+    FLASHERS[profile_of(ctx).writer](ctx, progress)
     ctx.report.written = True
+
+
+# --- the platform dispatch: the profile (stage2.platforms.profile, decided before the pivot) picks the
+# writer and the way the configuration is carried over ------------------------------------------------
+
+
+def profile_of(ctx: Context) -> Profile:
+    data = ctx.data["plan"].get("platform")
+    return Profile.from_dict(data) if data else Profile(Kind.X86, "default", disk=ctx.data["plan"]["disk"])
+
+
+def _flash_disk(ctx: Context, progress: block.Progress) -> None:
+    """x86: partition by partition when the layout is unchanged and kept, else the whole disk."""
+    plan = ctx.data["plan"]
+    disk, total = plan["disk"], int(plan["payload_length"])
+    with open(ctx.image, "rb") as img, open(disk, "rb") as dsk:
+        head, disk_head = img.read(x86.HEAD_BYTES), dsk.read(x86.HEAD_BYTES)
+    layout = x86.plan_disk(save_partitions=bool(plan["save_partitions"]), disk_head=disk_head,
+                           image_head=head, compressed=head.startswith(b"\x1f\x8b"))
+    for line in layout.describe():
+        log.get().info("disk plan", step=line)
+    ctx.data["disk_plan"] = layout
+    if not layout.whole:
+        parts = x86.write_partitions(ctx.image, disk, layout, progress,
+                                     on_write=lambda: setattr(ctx.report, "written", True))
+        ctx.report.bytes_written = sum(p.bytes for p in parts)
+        ctx.report.details["partitions"] = {str(p.number): "written" if p.written else "unchanged"
+                                            for p in parts}
+        boot = blockdev.partition(disk, int(plan["boot_partition"]))
+        ctx.report.details["grub_partuuid_fixed"] = x86.fix_grub(boot, layout, BOOT_MNT)
+        return
+    with open(ctx.image, "rb") as src:
+        result = block.write_image(src, disk, length=total, progress=progress)
     ctx.report.bytes_written = result.bytes_written
     ctx.report.details["write_seconds"] = round(result.duration, 4)
     ctx.report.details["verify_seconds"] = round(result.verify_duration, 4)
+
+
+def _flash_mtd(ctx: Context, progress: block.Progress) -> None:
+    """NOR: ``mtd -j <backup> write <image> firmware``: the config goes in with the image (jffs2)."""
+    plan = ctx.data["plan"]
+    with open(ctx.image, "rb") as src:
+        result = write_mtd(src, plan["disk"], length=int(plan["payload_length"]), jffs2_config=ctx.backup,
+                           progress=progress)
+    ctx.report.bytes_written = result.bytes_written
+    ctx.report.details["mtd"] = {"bad_skipped": list(result.bad_skipped),
+                                 "bad_marked": list(result.bad_marked), "jffs2_offset": result.jffs2_offset}
+    ctx.report.config_kept = bool(ctx.backup) and result.jffs2_offset is not None
+
+
+def _flash_ubi(ctx: Context, progress: block.Progress) -> None:
+    profile = profile_of(ctx)
+    prepared = nand.prepare(ctx.image, profile)
+    ctx.data["ubi_device"] = prepared.device.number
+    result = nand.flash(prepared, progress)
+    ctx.report.bytes_written = int(str(result["bytes_written"]))
+    ctx.report.details["nand"] = {k: v for k, v in result.items() if k != "bytes_written"}
+
+
+FLASHERS = {Writer.BLOCK: _flash_disk, Writer.MTD: _flash_mtd, Writer.UBI: _flash_ubi}
 
 
 def _flush_partitions(disk: str) -> None:
@@ -89,6 +149,8 @@ def _flush_partitions(disk: str) -> None:
 
 
 def verifying(ctx: Context) -> None:
+    if profile_of(ctx).writer is not Writer.BLOCK:  # the MTD and UBI writers read every block back
+        return
     plan = ctx.data["plan"]
     disk = plan["disk"]
     _flush_partitions(disk)
@@ -105,10 +167,28 @@ def verifying(ctx: Context) -> None:
 
 
 def saving_config(ctx: Context) -> None:
-    plan = ctx.data["plan"]
     if not ctx.backup:
         log.get().info("no configuration kept", reason="no backup requested")
         return
+    SAVERS[profile_of(ctx).config_method](ctx)
+
+
+def _save_config_jffs2(ctx: Context) -> None:
+    """NOR: written with the image by ``_flash_mtd`` (``mtd -j``)."""
+    if not ctx.report.config_kept:
+        raise UpgradeError("no DE AD C0 DE block in the image: the configuration could not be appended")
+
+
+def _save_config_ubifs(ctx: Context) -> None:
+    assert ctx.backup
+    nand.save_config(profile_of(ctx), int(ctx.data["ubi_device"]), ctx.backup)
+    ctx.report.config_kept = True
+
+
+def _save_config_boot_partition(ctx: Context) -> None:
+    """x86: ``sysupgrade.tgz`` into the new boot partition."""
+    assert ctx.backup
+    plan = ctx.data["plan"]
     boot = blockdev.partition(plan["disk"], int(plan["boot_partition"]))
     os.makedirs(BOOT_MNT, exist_ok=True)
     syscalls.mount(boot, BOOT_MNT, "ext4", syscalls.MS_NOATIME)
@@ -126,13 +206,20 @@ def saving_config(ctx: Context) -> None:
     ctx.report.config_kept = True
 
 
+SAVERS = {ConfigMethod.BOOT_PARTITION: _save_config_boot_partition, ConfigMethod.JFFS2: _save_config_jffs2,
+          ConfigMethod.UBIFS: _save_config_ubifs}
+
+
 def finalizing(ctx: Context) -> None:
     ctx.report.details["writer_peak_rss_kb"] = peak_rss_kb()
     ctx.report.outcome = "success"
     ctx.report.finished_at = time.time()
     syscalls.sync()
     plan = ctx.data["plan"]
-    persist(ctx.report, blockdev.partition(plan["disk"], int(plan["boot_partition"])))
+    if profile_of(ctx).writer is Writer.BLOCK:
+        persist(ctx.report, blockdev.partition(plan["disk"], int(plan["boot_partition"])))
+    else:  # MTD and UBI boards have no boot partition for it (yet): the journal and the log keep it
+        log.get().info("upgrade report not persisted", reason="no boot partition on this platform")
 
 
 def report_failure(ctx: Context) -> None:

@@ -16,9 +16,12 @@ from stage2 import ramfs, report, terminate
 from stage2.formats import fwtool
 from stage2.machine import Context, Step
 from stage2.plan import Plan, Target, plan_upgrade
+from stage2.platforms import nand
+from stage2.platforms.profile import Kind, Profile, Writer, current
 from stage2.report import save_failure
 from stage2.states import State
 from wrtcore import blockdev, cmdline, log, mounts
+from wrtcore import mtd as mtdio
 from wrtcore.errors import InvalidInput, UpgradeError
 
 HANDOFF = "stage2-handoff.json"  # at the ramfs root
@@ -60,10 +63,22 @@ def validating(ctx: Context) -> None:
         size = os.path.getsize(ctx.image)
     except OSError as exc:
         raise InvalidInput(f"image {ctx.image}: {exc.strerror}") from exc
-    disk = boot_disk()
-    target_devs = frozenset(blockdev.family(disk))
-    check_booted_from(disk, target_devs)
-    target = Target(disk=disk, size=blockdev.size(disk))
+    profile = current()  # the command line from this process (WRT_CMDLINE in the sandbox), not the request
+    ctx.data["platform"] = profile
+    log.get().info("plan", step=f"platform {profile.kind.value} ({profile.source}): {profile.writer.value} "
+                   f"writer, configuration by {profile.config_method.value}")
+    if profile.writer is Writer.BLOCK:
+        if profile.kind is Kind.EMMC:
+            raise InvalidInput("the eMMC writer is not implemented yet", hint="nothing was written")
+        disk = profile.disk or boot_disk()
+        target_devs = frozenset(blockdev.family(disk))
+        check_booted_from(disk, target_devs)
+        target = Target(disk=disk, size=blockdev.size(disk))
+    else:
+        target, target_devs = flash_target(profile)
+        if profile.kind is Kind.NAND:
+            for line in nand.prepare(ctx.image, profile).plan.describe():  # refused here if it cannot fit
+                log.get().info("plan", step=line)
     plan = plan_upgrade(
         image=ctx.image, image_size=size, payload_length=payload_length(ctx.image), target=target,
         backup=ctx.backup, backup_exists=bool(ctx.backup) and os.path.isfile(ctx.backup or ""),
@@ -72,6 +87,26 @@ def validating(ctx: Context) -> None:
     ctx.data["plan"] = plan
     for line in plan.describe():
         log.get().info("plan", step=line)
+
+
+def flash_target(profile: Profile) -> tuple[Target, frozenset[int]]:
+    """The MTD partition written (NOR: ``PART_NAME``, NAND: ``CI_UBIPART`` else ``rootfs``) and the
+    devices to let go of before writing: its mtdblock, ubiblocks and ubifs mounts (NAND)."""
+    wanted = profile.part_name if profile.kind is Kind.NOR else profile.ubipart
+    parts = {p.name: p for p in mtdio.partitions()}
+    part = parts.get(wanted) or (parts.get("rootfs") if profile.kind is Kind.NAND else None)
+    if part is None:
+        raise InvalidInput(f"cannot find MTD partition {wanted}", hint="nothing was written")
+    devs: set[int] = set()
+    blocks = [f"/dev/mtdblock{part.index}"]
+    if profile.kind is Kind.NAND:
+        with contextlib.suppress(OSError):
+            blocks += [f"/dev/{n}" for n in os.listdir("/sys/class/block") if n.startswith("ubiblock")]
+        devs |= {m.dev for m in mounts.read_mountinfo() if m.fstype == "ubifs"}
+    for path in blocks:
+        with contextlib.suppress(OSError):
+            devs.add(blockdev.devnum(path))
+    return Target(disk=mtdio.find(part.name), size=part.size), frozenset(devs)
 
 
 def stopping_services(ctx: Context) -> None:
@@ -106,7 +141,8 @@ def handoff_dict(ctx: Context) -> dict[str, Any]:
         "fault_state": ctx.fault_state, "requested_at": ctx.requested_at, "report": ctx.report.to_dict(),
         "plan": {"payload_length": plan.payload_length, "disk": plan.target.disk, "size": plan.target.size,
                  "boot_partition": plan.target.boot_partition, "root_partition": plan.target.root_partition,
-                 "save_partitions": plan.save_partitions, "target_devs": sorted(plan.target_devs)},
+                 "save_partitions": plan.save_partitions, "target_devs": sorted(plan.target_devs),
+                 "platform": ctx.data["platform"].to_dict() if "platform" in ctx.data else None},
     }
 
 
