@@ -35,14 +35,17 @@ def build() -> Assets:
 
 
 class Device:
-    def __init__(self, workdir: Path, assets: Assets, image: Path, transfer: Path | None = None) -> None:
+    def __init__(self, workdir: Path, assets: Assets, image: Path, transfer: Path | None = None,
+                 reuse: bool = False) -> None:
+        """``reuse``: keep ``workdir``/disk.img when it exists (the disk a previous run left)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.assets = assets
         self.disk_file = workdir / "disk.img"
-        diskmod.sparse_copy(image, self.disk_file)
-        with open(self.disk_file, "r+b") as f:  # the trailer is not part of what a flash writes
-            f.truncate(diskmod.payload_size(image))
+        if not (reuse and self.disk_file.exists()):
+            diskmod.sparse_copy(image, self.disk_file)
+            with open(self.disk_file, "r+b") as f:  # the trailer is not part of what a flash writes
+                f.truncate(diskmod.payload_size(image))
         self.transfer_size = 0
         self.transfer_file: Path | None = None
         if transfer is not None:  # /dev/vdb in the guest: the file, padded to whole sectors
@@ -51,10 +54,15 @@ class Device:
             diskmod.sparse_copy(transfer, self.transfer_file, -(-self.transfer_size // 512) * 512)
         self.boots: list[VM] = []
 
-    def boot(self) -> VM:
+    def boot(self, *, blkdebug: Path | None = None, stop_on_error: bool = False,
+             cmdline_extra: str = "") -> VM:
+        """Start QEMU on the disk (the transfer disk as /dev/vdb). ``blkdebug``: a rules file for QEMU's
+        blkdebug driver on the disk (``wrtvm.machine.blkdebug_rules``); ``stop_on_error``: an error
+        stops the VM (QMP event STOP) instead of reaching the guest."""
         extra = (self.transfer_file,) if self.transfer_file else ()
         vm = VM(kernel=self.assets.kernel.vmlinux, initrd=self.assets.initrd, disk=self.disk_file,
-                workdir=self.workdir, name=f"boot{len(self.boots) + 1}", extra_disks=extra)
+                workdir=self.workdir, name=f"boot{len(self.boots) + 1}", extra_disks=extra,
+                blkdebug=blkdebug, stop_on_error=stop_on_error, cmdline_extra=cmdline_extra)
         self.boots.append(vm)
         return vm
 

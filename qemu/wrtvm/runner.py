@@ -1,7 +1,14 @@
-"""One VM under QEMU (TCG): the firmware disk, the kernel and initramfs, the serial console on QEMU's
-stdio and the JSON log channel (the guest's ttyS1, ``wrt.log=/dev/ttyS1``) on a pipe.
+"""One VM under QEMU (TCG): the firmware disk, the kernel and initramfs, the serial console (ttyS0) on a
+unix socket the harness owns, QMP (power, reset, throttling) on another, and the JSON log channel (the
+guest's ttyS1, ``wrt.log=/dev/ttyS1``) on a pipe.
+
+The harness listens on both sockets in the VM's workdir before QEMU starts; QEMU connects to them at
+start-up (``server=off``) with its CPU stopped (``-S``), so no console byte and no QMP greeting can be
+lost, and nothing polls for a socket file. Once both are connected, QMP ``cont`` starts the guest
+(``paused=True`` leaves that to the caller: ``resume()``).
 
 A ``reboot(2)`` in the guest ends QEMU (``-no-reboot``); booting again is a new ``VM`` on the same disk.
+``power_cut()`` is QMP ``quit``: QEMU stops at once, what the guest wrote so far is in the disk file.
 QEMU dies with the process that started it (PR_SET_PDEATHSIG) and is killed, by its pid, by ``close()``.
 Nothing here sleeps for a fixed time: every wait is on console output, a log record or QEMU's exit.
 """
@@ -12,9 +19,10 @@ import contextlib
 import ctypes
 import os
 import re
-import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -23,10 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.channel import tee_json_lines
+from wrtvm.machine import QEMU, Drive, Machine, qemu_argv, qemu_binary
+from wrtvm.qmp import QMP
+
+__all__ = ["QEMU", "VM", "Shell", "VMError", "qemu_binary"]
 
 Record = dict[str, Any]
-QEMU = "qemu-system-x86_64"
 PR_SET_PDEATHSIG = 1
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path, without the terminating NUL
 
 
 class VMError(RuntimeError):
@@ -36,20 +48,26 @@ class VMError(RuntimeError):
 _libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child between fork and exec only calls it
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def qemu_binary() -> str | None:
-    return shutil.which(QEMU)
+def _listen(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.bind(str(path))
+    sock.listen(1)
+    return sock
 
 
 class VM:
     """A running QEMU. ``console`` is everything the guest wrote on ttyS0 so far, ``records`` the JSON
-    records of its log channel."""
+    records of its log channel, ``qmp`` the QMP connection."""
 
     def __init__(self, *, kernel: Path, initrd: Path, disk: Path, workdir: Path, name: str = "vm",
-                 extra_disks: tuple[Path, ...] = (), cmdline_extra: str = "", memory: str = "512M") -> None:
+                 extra_disks: tuple[Path, ...] = (), cmdline_extra: str = "", memory: str = "512M",
+                 blkdebug: Path | None = None, stop_on_error: bool = False, paused: bool = False) -> None:
         self.name = name
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -61,39 +79,91 @@ class VM:
         self.started = time.monotonic()
         self._pos = 0
         self._cond = threading.Condition()
+        self.machine = Machine(kernel=kernel, initrd=initrd, cmdline_extra=cmdline_extra, memory=memory,
+                               drives=(Drive(disk, blkdebug, "stop" if stop_on_error else "report"),
+                                       *(Drive(p) for p in extra_disks)))
+        self._stack = contextlib.ExitStack()
+        try:
+            self._start(paused)
+        except BaseException:
+            self.close()
+            raise
+
+    def _socket_dir(self) -> Path:
+        """The workdir, or a short directory under /tmp when its paths are too long for a socket."""
+        if len(str(self.workdir / f"{self.name}-console.sock")) <= SUN_PATH_MAX:
+            return self.workdir
+        short = Path(tempfile.mkdtemp(prefix="wrtvm-"))
+        self._stack.callback(os.rmdir, short)
+        return short
+
+    def _start(self, paused: bool) -> None:
+        where = self._socket_dir()
+        self.console_socket = where / f"{self.name}-console.sock"
+        self.qmp_socket = where / f"{self.name}-qmp.sock"
+        listeners = []
+        for path in (self.console_socket, self.qmp_socket):
+            sock = self._stack.enter_context(_listen(path))
+            self._stack.callback(path.unlink, missing_ok=True)
+            listeners.append(sock)
         log_r, log_w = os.pipe()
-        cmdline = ("console=ttyS0 root=/dev/vda2 rootfstype=squashfs wrt.log=/dev/ttyS1 quiet panic=-1 "
-                   + cmdline_extra).strip()
-        drives: list[str] = []
-        for path in (disk, *extra_disks):
-            drives += ["-drive", f"file={path},if=virtio,format=raw,cache=unsafe"]
-        self.argv = [
-            qemu_binary() or QEMU, "-accel", "tcg,tb-size=512", "-cpu", "max", "-m", memory, "-smp", "1",
-            "-nographic", "-no-reboot", "-net", "none", "-monitor", "none",
-            "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
-            "-chardev", f"file,id=log,path=/dev/fd/{log_w}", "-serial", "chardev:log",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-            *drives, "-device", "i6300esb",
-        ]
-        self._stderr = open(workdir / f"{name}-qemu.stderr", "wb")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, pass_fds=(log_w,), preexec_fn=_die_with_parent)
-        os.close(log_w)
+        self.argv = qemu_argv(self.machine, console=f"socket,path={self.console_socket},server=off",
+                              log=f"file,path=/dev/fd/{log_w}",
+                              qmp=f"socket,path={self.qmp_socket},server=off", paused=True)
+        stderr = self._stack.enter_context(open(self.workdir / f"{self.name}-qemu.stderr", "wb"))  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                         pass_fds=(log_w,), preexec_fn=die_with_parent)
+        finally:
+            os.close(log_w)
+        self._log_thread = threading.Thread(target=self._read_log, args=(log_r,), name=f"{self.name}-log",
+                                            daemon=True)
+        self._log_thread.start()
+        self._con = self._stack.enter_context(self._accept(listeners[0]))
+        self.qmp = QMP(self._accept(listeners[1]), f"{self.name}-qmp")
+        self._stack.callback(self.qmp.close)
         self._threads = [
-            threading.Thread(target=self._read_console, name=f"{name}-console", daemon=True),
-            threading.Thread(target=self._read_log, args=(log_r,), name=f"{name}-log", daemon=True),
-            threading.Thread(target=self._wait_proc, name=f"{name}-wait", daemon=True),
+            threading.Thread(target=self._read_console, name=f"{self.name}-console", daemon=True),
+            self._log_thread,
+            threading.Thread(target=self._wait_proc, name=f"{self.name}-wait", daemon=True),
         ]
-        for t in self._threads:
+        for t in (self._threads[0], self._threads[2]):
             t.start()
+        if not paused:
+            self.resume()
+
+    def _accept(self, listener: socket.socket, timeout: float = 30.0) -> socket.socket:
+        """QEMU's connection to ``listener`` (it connects while starting up; it may also die first)."""
+        deadline = time.monotonic() + timeout
+        listener.settimeout(0.5)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                conn.settimeout(None)
+                return conn
+            except TimeoutError:
+                pass
+            if self.proc.poll() is not None:
+                err = (self.workdir / f"{self.name}-qemu.stderr").read_text(errors="replace")
+                raise VMError(f"{self.name}: QEMU exited ({self.proc.returncode}) before connecting: "
+                              f"{err.strip()}")
+            if time.monotonic() > deadline:
+                raise VMError(f"{self.name}: QEMU did not connect to {listener.getsockname()}")
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     # -- readers ---------------------------------------------------------------------------------------
     def _read_console(self) -> None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
         with open(self.console_path, "ab") as out:
             while True:
-                chunk = os.read(fd, 65536)
+                try:
+                    chunk = self._con.recv(65536)
+                except OSError:
+                    chunk = b""
                 if not chunk:
                     break
                 out.write(chunk)
@@ -115,7 +185,6 @@ class VM:
         with self._cond:
             self.returncode = code
             self._cond.notify_all()
-
     @property
     def position(self) -> int:
         """Where the next ``expect`` starts searching the console output."""
@@ -183,27 +252,43 @@ class VM:
         return code
 
     def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(text.encode())
-            self.proc.stdin.flush()
-        except BrokenPipeError as exc:
+            self._con.sendall(text.encode())
+        except OSError as exc:
             raise VMError(f"{self.name}: console closed (QEMU exited: {self.returncode})") from exc
+
+    # -- power (QMP) -------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Start (or continue) the guest's CPU."""
+        self.qmp.execute("cont")
+
+    def pause(self) -> None:
+        self.qmp.execute("stop")
+
+    def reset(self) -> None:
+        """The reset button: the guest restarts at once, in this QEMU (no reboot(2), no sync)."""
+        self.qmp.execute("system_reset")
+
+    def power_cut(self, timeout: float = 30.0) -> int:
+        """Pull the plug: QMP ``quit`` stops QEMU at once. Returns QEMU's exit status."""
+        self.qmp.quit()
+        return self.wait_exit(timeout)
+
+    def throttle(self, disk: int = 0, write_bytes_per_second: int = 0) -> None:
+        """Limit the guest's writes to ``disk`` (0: no limit), QEMU's I/O throttling."""
+        self.qmp.execute("block_set_io_throttle", device=f"disk{disk}", bps=0, bps_rd=0,
+                         bps_wr=write_bytes_per_second, iops=0, iops_rd=0, iops_wr=0)
 
     # -- the end -----------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Kill QEMU (the process this object started, by its pid) if it still runs; close our files."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        for t in self._threads:
-            t.join(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self._stderr.close()
+        """Kill QEMU (the process this object started, by its pid) if it still runs; close our sockets
+        and files, remove the socket files."""
+        if hasattr(self, "proc"):
+            self._kill()
+        for t in getattr(self, "_threads", ()):
+            if t.ident is not None:
+                t.join(timeout=10)
+        self._stack.close()
 
     def __enter__(self) -> VM:
         return self

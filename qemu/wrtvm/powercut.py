@@ -1,0 +1,136 @@
+"""What a power cut during an x86 upgrade leaves behind, decided from the image's layout and how far the
+write got. Pure, apart from the two readers at the end (the image's layout, a comparison of
+disk and image).
+
+The x86 image is written to the whole disk in one sequential pass (``stage2.writers.block``, 1 MiB
+chunks): MBR, boot partition, squashfs root, then zeros over rootfs_data's place, up to the image's
+end; then the read-back, the config archive into the new boot partition, the report. ``written``: how
+far the write got, in bytes from the disk's start (the tests know it by construction and check the
+disk against the images on the host). Bytes that are equal in the old and new image cannot tell. The
+kernel and its command line come from QEMU here (``-kernel``), not from the boot partition: on real x86
+hardware GRUB reads the boot partition, so a cut inside it may also leave a board that does not boot.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from stage2.formats import fwtool
+from wrtcore import blockdev
+
+EXT4_SUPERBLOCK_END = 2048  # the overlay's ext4 superblock: bytes 1024..2047 of rootfs_data
+
+
+class Region(enum.Enum):
+    BOOT = "MBR and boot partition"  # the old root is untouched
+    ROOT = "squashfs root"  # new squashfs head over the old one's rest
+    ROOT_END = "end of the squashfs, before the overlay's superblock"
+    DATA = "rootfs_data (zeros over the old overlay)"
+    DONE = "all written (verify, config archive, report)"
+
+
+class Outcome(enum.Enum):
+    OLD_BOOTS = "old firmware boots"
+    NEW_BOOTS = "new firmware boots"
+    BRICKED = "bricked (needs recovery)"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Byte offsets in the disk of the new image's parts."""
+
+    boot_start: int
+    root_start: int
+    squashfs_end: int
+    data_start: int  # rootfs_data: the first 64 KiB boundary after the squashfs
+    payload: int  # bytes the flash writes (the image without its fwtool trailer)
+
+
+@dataclass(frozen=True)
+class Expected:
+    region: Region
+    outcome: Outcome
+    config: str  # what the next boot's configuration is
+    report: str  # what the next boot shows about the interrupted upgrade
+
+
+def region_of(layout: Layout, written: int) -> Region:
+    if written < layout.root_start:
+        return Region.BOOT
+    if written < layout.squashfs_end:
+        return Region.ROOT
+    if written < layout.data_start + EXT4_SUPERBLOCK_END:
+        return Region.ROOT_END
+    if written < layout.payload:
+        return Region.DATA
+    return Region.DONE
+
+
+NO_REPORT = "no report of this upgrade (a report is written when stage2 reaches an outcome)"
+
+EXPECTED: dict[Region, Expected] = {
+    Region.BOOT: Expected(Region.BOOT, Outcome.OLD_BOOTS, "as before the upgrade (the overlay is untouched)",
+                          NO_REPORT),
+    Region.ROOT: Expected(Region.ROOT, Outcome.BRICKED,
+                          "none: the root does not mount (the initramfs says so and starts a rescue shell)",
+                          "none: nothing boots; recovery is a reflash from outside"),
+    Region.ROOT_END: Expected(Region.ROOT_END, Outcome.NEW_BOOTS,
+                              "the old overlay if its superblock is still there at the same offset, "
+                              "else defaults", NO_REPORT),
+    Region.DATA: Expected(Region.DATA, Outcome.NEW_BOOTS,
+                          "defaults (rootfs_data's start is zeroed: preinit formats it; the config "
+                          "archive is saved only after the verify)", NO_REPORT),
+    Region.DONE: Expected(Region.DONE, Outcome.NEW_BOOTS,
+                          "restored if the config archive's rename reached the disk, else defaults "
+                          "(written to .new, fsync'd, renamed: never a partial archive)", NO_REPORT),
+}
+
+
+def expected(layout: Layout, written: int) -> Expected:
+    return EXPECTED[region_of(layout, written)]
+
+
+def cut_sector(layout: Layout, fraction: float, chunk: int = 1 << 20) -> int:
+    """The sector (512 bytes) whose write the cut at ``fraction`` of the write stops: the last one of
+    the writer's chunk that ends at or before that point. With blkdebug failing it and ``werror=stop``,
+    the VM freezes while that chunk is in flight and before the next one is issued: nothing at or after
+    the chunk boundary is written, whatever the harness's latency."""
+    boundary = int(layout.payload * fraction) // chunk * chunk
+    if boundary < chunk:
+        raise ValueError(f"no chunk boundary before {fraction:.0%} of {layout.payload} bytes")
+    return boundary // 512 - 1
+
+
+# -- readers -------------------------------------------------------------------------------------------
+def layout_of(image: Path) -> Layout:
+    """The layout of an x86 combined image: partition 2 from its MBR, the squashfs size from its
+    superblock, the payload from the fwtool trailer."""
+    with open(image, "rb") as f:
+        mbr = f.read(512)
+        if mbr[510:512] != b"\x55\xaa":
+            raise ValueError(f"{image}: no MBR")
+        boot_start, root_start = (struct.unpack_from("<I", mbr, 446 + 16 * i + 8)[0] * 512 for i in (0, 1))
+        f.seek(root_start)
+        sb = f.read(96)
+    if sb[:4] != b"hsqs":
+        raise ValueError(f"{image}: no squashfs at partition 2 ({root_start})")
+    used = struct.unpack_from("<Q", sb, 40)[0]
+    return Layout(boot_start=boot_start, root_start=root_start, squashfs_end=root_start + used,
+                  data_start=root_start + blockdev.overlay_offset(used), payload=fwtool.payload_length(image))
+
+
+def same_bytes(disk: Path, image: Path, start: int, end: int, block: int = 1 << 20) -> bool:
+    """Whether ``disk`` holds the bytes of ``image`` in [start, end) (both at the same offsets)."""
+    with open(disk, "rb") as d, open(image, "rb") as i:
+        d.seek(start)
+        i.seek(start)
+        pos = start
+        while pos < end:
+            want = min(block, end - pos)
+            if d.read(want) != i.read(want):
+                return False
+            pos += want
+    return True
