@@ -170,8 +170,14 @@ def run_hooks(state: State | None = None, hooks: tuple[tuple[str, Hook], ...] = 
 
 def done() -> None:
     """S95done: mount_root done (mark the overlay ready, or move a tmpfs overlay onto the real one),
-    then delete the restored archive: a power cut before this point re-applies it on the next boot."""
-    mount_root.done()
+    then delete the restored archive: a power cut before this point re-applies it on the next boot.
+    A failing switch is logged and the system goes on from the tmpfs overlay (fstools goes on too)."""
+    try:
+        with log.step("mount_root done"):
+            log.get().info("mount_root done", result=mount_root.done())
+    except Exception as exc:
+        log.get().error("mount_root done failed", error=f"{type(exc).__name__}: {exc}",
+                        traceback=traceback.format_exc())
     for path in ARCHIVES:
         if os.path.exists(path):
             os.unlink(path)

@@ -9,6 +9,12 @@ formatted only when the boot is done; a gzip stream at its start is eMMC's confi
 formatted; anything else (zeros) is formatted. A filesystem that will not mount falls back to a tmpfs
 overlay. The overlay's state follows fstools: ``.fs_state`` -> "1" pending until ``done`` marks it "2"
 ready; a pending overlay is wiped on boot except files named sysupgrade.tgz (the restore runs again).
+
+rootfs_data on an MTD partition (NOR: ``rootfs_data`` in /proc/mtd, ``preinit.rootfs_data``) is mounted
+only when it holds jffs2 (after ``mtd -j``: the blocks from its end marker on are erased first, as
+OpenWrt's kernel does); anything else gets the tmpfs overlay. ``done`` on a tmpfs overlay makes the real
+one, as fstools' ``jffs2_switch``: the MTD partition erased into an empty jffs2, a ``deadc0de`` block
+volume formatted ext4, and the running system moved onto it (``preinit.overlay_switch``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import os
 import shutil
 import zlib
 
-from wrtcore import blockdev, cmdline, log, loop, partitions, run, syscalls
+from preinit import overlay_switch
+from preinit import rootfs_data as rd
+from wrtcore import blockdev, cmdline, log, loop, mounts, partitions, run, syscalls
 
 STATE_LINK = ".fs_state"
 PENDING, READY = "1", "2"
@@ -100,12 +108,32 @@ def wipe_pending(overlay: str) -> None:
                     os.rmdir(path)
 
 
-def attach_rootfs_data(root_dev: str) -> str | None:
+def attach_rootfs_data(root_dev: str, reuse: bool = False) -> str | None:
+    """A loop device over ``root_dev`` from the first 64 KiB boundary after the squashfs; ``reuse``: the
+    one already attached there (start leaves it attached when it chose a tmpfs overlay)."""
     used = blockdev.squashfs_bytes_used(root_dev)
     offset = blockdev.overlay_offset(used)
     if blockdev.size(root_dev) - offset < MIN_OVERLAY:
         return None
+    if reuse:
+        rdev = os.stat(root_dev).st_rdev
+        for lo in loop.list_loops():
+            if lo.backing_dev == rdev and lo.offset == offset:
+                return f"/dev/{lo.name}"
     return loop.attach(root_dev, offset=offset)
+
+
+def find_volume(line: dict[str, str], reuse: bool = False) -> rd.Volume | None:
+    """rootfs_data (named by ``fstools_overlay_name=``): an MTD partition, else the block device after
+    the squashfs of ``root=``."""
+    found = rd.find_mtd(line.get("fstools_overlay_name") or rd.NAME)
+    if found is not None:
+        return found
+    root_dev = line.get("root", "")
+    if not root_dev.startswith("/dev/") or root_dev.startswith("/dev/mtdblock"):
+        return None
+    data = attach_rootfs_data(root_dev, reuse)
+    return rd.Volume(data) if data else None
 
 
 def fopivot(overlay: str) -> None:
@@ -125,40 +153,44 @@ def fopivot(overlay: str) -> None:
             syscalls.mount(f"/rom{mnt}", mnt, None, syscalls.MS_MOVE)
 
 
-def _mount_data(data: str) -> str:
+def _mount_data(volume: rd.Volume) -> str:
     """Mount rootfs_data on /tmp/overlay as its first bytes say; "tmpfs" when it cannot be used now."""
+    data = volume.device
     fs = identify(data)
-    if fs == "deadcode":
-        log.get().info("rootfs_data not ready yet, using temporary tmpfs overlay", device=data)
+    action = rd.start_action(fs, volume.on_mtd)
+    if action is rd.Start.TMPFS:
+        log.get().info("rootfs_data not ready yet, using temporary tmpfs overlay", device=data, found=fs)
         return "tmpfs"
-    if fs == "targz":
+    if action is rd.Start.UNPACK_FORMAT:
         try:
             size = unpack_targz(data)
             log.get().info("config archive found at the start of rootfs_data", tar=TAR_FROM_DATA, bytes=size)
         except (OSError, ValueError) as exc:
             log.get().warning("config archive at the start of rootfs_data dropped", error=str(exc))
-    if fs in ("targz", "none"):
+    if action in (rd.Start.FORMAT, rd.Start.UNPACK_FORMAT):
         log.get().info("formatting rootfs_data", device=data, found=fs)
         run.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs_data", data])
         fs = "ext4"
     try:
-        syscalls.mount(data, "/tmp/overlay", fs, syscalls.MS_NOATIME)
+        if volume.mtd is not None:
+            rd.erase_after_eof(volume.mtd)
+        syscalls.mount(volume.source, "/tmp/overlay", fs, syscalls.MS_NOATIME)
     except OSError as exc:
         log.get().warning(f"switching to {fs} failed - fallback to ramoverlay", error=str(exc))
         return "tmpfs"
-    loop.set_autoclear(data)  # goes away with the mount
+    if not volume.on_mtd:
+        loop.set_autoclear(data)  # goes away with the mount
     return fs
 
 
 def start() -> str:
     """Mount the overlay and pivot into it; returns the kind of overlay used."""
-    root_dev = cmdline.read().get("root", "")
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-    data = attach_rootfs_data(root_dev) if root_dev.startswith("/dev/") else None
+    volume = find_volume(cmdline.read())
     os.makedirs("/tmp/overlay", exist_ok=True)
-    kind = _mount_data(data) if data is not None else "tmpfs"
+    kind = _mount_data(volume) if volume is not None else "tmpfs"
     if kind == "tmpfs":
-        if data is None:
+        if volume is None:
             log.get().info("no usable overlay filesystem found, using tmpfs overlay")
         syscalls.mount("tmpfs", "/tmp/overlay", "tmpfs", syscalls.MS_NOATIME, "mode=0755")
     state = _state("/tmp/overlay")
@@ -173,16 +205,44 @@ def start() -> str:
     return kind
 
 
-def done() -> None:
-    if os.path.ismount("/overlay"):
-        set_state("/overlay", READY)
+def mark_ready(overlay: str) -> None:
+    set_state(overlay, READY)
+
+
+def done() -> str:
+    """S95done's ``mount_root done``: mark the overlay ready, or on a tmpfs overlay make the real one and
+    move onto it (``rootfs_data.done_action``). Returns what was done."""
+    where = mounts.find(mounts.read_mountinfo(), "/overlay")
+    overlay_fs = where.fstype if where else None
+    volume = find_volume(cmdline.read(), reuse=True) if overlay_fs == "tmpfs" else None
+    fs = identify(volume.device) if volume else None
+    action = rd.done_action(overlay_fs, volume, fs)
+    if action is rd.Done.READY:
+        mark_ready("/overlay")
+    elif action is rd.Done.SWITCH and volume is not None:
+        if volume.mtd is not None:
+            blocks = rd.format_jffs2(volume.mtd)
+            log.get().info("rootfs_data erased for jffs2", device=volume.mtd, blocks=blocks)
+            fstype = "jffs2"
+        else:
+            log.get().info("formatting rootfs_data", device=volume.device, found=fs)
+            run.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs_data", volume.device])
+            fstype = "ext4"
+        overlay_switch.switch(volume.source, fstype, mark_ready)
+        if not volume.on_mtd:
+            loop.set_autoclear(volume.device)
+        log.get().info(f"switched from the tmpfs overlay to {fstype}", device=volume.device)
+    else:
+        log.get().info("staying on the tmpfs overlay", rootfs_data=volume.device if volume else None,
+                       found=fs)
+    return action.value
 
 
 def move_config(root_dev: str) -> dict[str, str | None]:
     """x86's 79_move_config: mount the boot partition on /boot, move sysupgrade.tgz to /."""
     found: dict[str, str | None] = {"archive": None, "report": None}
-    if not root_dev.startswith("/dev/"):
-        return found
+    if not root_dev.startswith("/dev/") or root_dev.startswith("/dev/mtdblock"):
+        return found  # NOR: the config came with the image into rootfs_data (mtd -j), no boot partition
     try:
         boot, made = partitions.open_device(blockdev.disk_of(root_dev), 1)
     except (OSError, ValueError) as exc:

@@ -16,7 +16,7 @@ import struct
 import sys
 from dataclasses import dataclass
 
-from wrtcore import log, run, syscalls
+from wrtcore import log, run, syscalls, watchdog
 from wrtcore.errors import UpgradeError
 
 ENTRY_MODULE = "stage2.afterpivot"
@@ -186,7 +186,9 @@ def reexec(image: RamfsImage, handoff: str, keep_fds: tuple[int, ...] = ()) -> N
     """exec the ramfs interpreter running the post-pivot entry point (never returns on success)."""
     for fd in keep_fds:
         os.set_inheritable(fd, True)
-    env = {k: v for k, v in os.environ.items() if k in ("WRT_LOG_FD", "WDTFD", "PATH", "TERM")}
+    watchdog.prepare_exec()  # the driver timeout covers the new interpreter's start-up
+    env = {k: v for k, v in os.environ.items()
+           if k in ("WRT_LOG_FD", "WDTFD", watchdog.ENV_TIMEOUT, watchdog.ENV_FREQUENCY, "PATH", "TERM")}
     code = bootstrap(image, f"m.main({handoff!r})")
     sys.stdout.flush()
     sys.stderr.flush()

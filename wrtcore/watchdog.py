@@ -19,8 +19,10 @@ import fcntl
 import os
 import struct
 import threading
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from wrtcore import log
 from wrtcore.namespaces import in_initial_pid_namespace
 
 WDIOC_KEEPALIVE = 0x80045705
@@ -127,15 +129,67 @@ class Keeper:
                 os.environ.pop("WDTFD", None)
 
 
+def driver_timeout(fd: int) -> int | None:
+    """The timeout the driver runs with now (``WDIOC_GETTIMEOUT``); None when ``fd`` is no watchdog."""
+    buf = bytearray(struct.pack("i", 0))
+    try:
+        fcntl.ioctl(fd, WDIOC_GETTIMEOUT, buf, True)
+    except OSError:
+        return None
+    value: int = struct.unpack("i", buf)[0]
+    return value if value > 0 else None
+
+
+EXEC_TIMEOUT = 60  # s: the driver timeout across an exec (a new interpreter starting, even under emulation)
+ENV_TIMEOUT, ENV_FREQUENCY = "WDT_TIMEOUT", "WDT_FREQUENCY"
+_current: Keeper | None = None
+
+
+def prepare_exec(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Before an exec that hands ``WDTFD`` on: nothing pings until the new process adopts the device, and
+    an interpreter's start-up takes seconds on a slow CPU (4 to 8 s measured under QEMU's TCG) - longer
+    than a short timeout set through ``system watchdog``. So the driver timeout is raised to
+    ``EXEC_TIMEOUT`` for the exec, with a ping, and the timeout and frequency in force are passed on in
+    ``WDT_TIMEOUT``/``WDT_FREQUENCY``: ``adopt`` restores them."""
+    wdt = environ.get("WDTFD", "")
+    if not wdt.isdigit():
+        return
+    fd = int(wdt)
+    timeout = _current.timeout if _current is not None else driver_timeout(fd)
+    if timeout is None:
+        return
+    environ[ENV_TIMEOUT] = str(timeout)
+    if _current is not None:
+        environ[ENV_FREQUENCY] = str(max(1, int(_current.interval)))
+    buf = bytearray(struct.pack("i", max(timeout, EXEC_TIMEOUT)))
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, WDIOC_SETTIMEOUT, buf, True)
+        os.write(fd, b"X")
+
+
+def _env_int(environ: Mapping[str, str], key: str) -> int | None:
+    value = environ.get(key, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def adopt(environ: dict[str, str]) -> Keeper | None:
     """Take the watchdog handed over in ``WDTFD`` (kept inheritable), else open /dev/watchdog.
 
-    /dev/watchdog is opened only by the init of the initial PID namespace (a real machine or a VM):
-    inside a PID namespace (the sandbox device) it is the host's watchdog, not ours to arm.
+    A handed-over device keeps the timeout and frequency it ran with before the exec (``WDT_TIMEOUT``,
+    ``WDT_FREQUENCY`` from ``prepare_exec``; else the driver's current timeout, pinged every 5 s or half
+    the timeout when that is shorter): what ``system watchdog`` set stays in force until the reboot. A
+    device opened here gets the 30 s default. /dev/watchdog is opened only by the init of the initial
+    PID namespace (a real machine or a VM): inside a PID namespace (the sandbox device) it is the host's
+    watchdog, not ours to arm.
     """
+    global _current
     wdt = environ.get("WDTFD", "")
+    timeout = DEFAULT_TIMEOUT
+    frequency: float = DEFAULT_FREQUENCY
     if wdt.isdigit():
         fd = int(wdt)
+        timeout = _env_int(environ, ENV_TIMEOUT) or driver_timeout(fd) or DEFAULT_TIMEOUT
+        frequency = _env_int(environ, ENV_FREQUENCY) or min(DEFAULT_FREQUENCY, max(1, timeout // 2))
     else:
         if not in_initial_pid_namespace():
             return None
@@ -145,4 +199,8 @@ def adopt(environ: dict[str, str]) -> Keeper | None:
             return None
     os.set_inheritable(fd, True)
     os.environ["WDTFD"] = str(fd)
-    return Keeper(fd).start()
+    for key in (ENV_TIMEOUT, ENV_FREQUENCY):
+        os.environ.pop(key, None)
+    _current = Keeper(fd, timeout, frequency).start()
+    log.get().info("watchdog fed", fd=fd, handed_over=wdt.isdigit(), **_current.describe())
+    return _current
