@@ -45,7 +45,7 @@ def build(cache: Path = CACHE) -> Images:
     where = cache / f"{rootfs.source_digest()}-{board}"
     v1, v2, other = where / "v1.img", where / "v2.img", where / "other-board.img"
     if not (v1.exists() and v2.exists() and other.exists()):
-        work = where / "work"
+        work = where / f"work-{os.getpid()}"  # concurrent builds of one digest must not share it
         if work.exists():
             shutil.rmtree(work)
         base = work / "base"
@@ -55,7 +55,7 @@ def build(cache: Path = CACHE) -> Images:
             tree = _tree(base, work / f"tree-{version}", version)
             sq = work / f"root-{version}.sqfs"
             rootfs.mksquashfs(tree, sq)
-            tmp = img.with_suffix(".tmp")
+            tmp = img.with_suffix(f".tmp-{os.getpid()}")
             disk.combined_image(sq, tmp, version=version, board=board, supported=supported)
             os.rename(tmp, img)
         shutil.rmtree(work)

@@ -71,7 +71,7 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Images:
     v1, v2 = where / "v1.img", where / "v2.img"
     nor_v1, nor_v2 = where / "nor-v1.bin", where / "nor-v2.bin"
     if not all(p.exists() for p in (v1, v2, nor_v1, nor_v2)):
-        work = where / "work"
+        work = where / f"work-{os.getpid()}"  # concurrent builds of one digest must not share it
         if work.exists():
             shutil.rmtree(work)
         base = work / "base"
@@ -80,7 +80,7 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Images:
             tree = _tree(base, work / f"tree-{version}", version, kernel)
             sq = work / f"root-{version}.sqfs"
             rootfs.mksquashfs(tree, sq)
-            tmp = img.with_suffix(".tmp")
+            tmp = img.with_suffix(f".tmp-{os.getpid()}")
             disk.combined_image(sq, tmp, version=version, board=BOARD)
             os.rename(tmp, img)
             disk.nor_image(sq, tmp, erase_size=NOR_ERASE, version=version, board=BOARD)

@@ -190,7 +190,7 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Path:
         listing.append(f"/{name} {args}".rstrip())
     cpio.file("modules.list", ("\n".join(listing) + "\n").encode())
     cpio.file("init", INIT.encode(), 0o755)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".tmp-{os.getpid()}")
     cache.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(gzip.compress(cpio.finish(), compresslevel=6))

@@ -77,7 +77,7 @@ def fetch(cache: Path = CACHE) -> Kernel:
     raw = bz.read_bytes()
     vmlinux = where / f"vmlinux-{hashlib.sha256(raw).hexdigest()[:16]}"
     if not vmlinux.exists():
-        tmp = vmlinux.with_suffix(".tmp")
+        tmp = vmlinux.with_suffix(f".tmp-{os.getpid()}")
         tmp.write_bytes(extract_vmlinux(raw))
         os.rename(tmp, vmlinux)
     return Kernel(release, tree, vmlinux)
