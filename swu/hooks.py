@@ -15,10 +15,10 @@ and :data:`MAX_INSTRUCTIONS` VM instructions per call. Scripts that need SWUpdat
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
-
-import lupa
 
 from wrtcore import log
 
@@ -62,10 +62,21 @@ class HookError(Exception):
     """The embedded script cannot be loaded, or a hook failed."""
 
 
+def _lupa() -> ModuleType:
+    """The embedded Lua, imported when a description has Lua in it (bundles without keep working where
+    ``lupa`` is not installed)."""
+    try:
+        return importlib.import_module("lupa")
+    except ImportError:
+        raise HookError("embedded-script and hooks need an embedded Lua (python module lupa), which is "
+                        "not installed") from None
+
+
 class HookRunner:
     """The loaded ``embedded-script``; :meth:`call` runs one hook."""
 
     def __init__(self, script: str) -> None:
+        lupa = _lupa()
         self._lua = lupa.LuaRuntime(register_eval=False, register_builtins=False,
                                     unpack_returned_tuples=True, max_memory=MAX_MEMORY,
                                     attribute_filter=_deny)
@@ -87,6 +98,7 @@ class HookRunner:
     def call(self, name: str, entry: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run hook ``name`` on ``entry`` (attribute names as in sw-description); the changed entry,
         or None when the hook skips it. Raises :class:`HookError`."""
+        lupa = _lupa()
         function = self._env[name]
         if function is None or lupa.lua_type(function) != "function":
             raise HookError(f"hook {name!r} is not a function of embedded-script")
@@ -122,7 +134,7 @@ def _to_lua(lua: Any, value: Any) -> Any:
 
 
 def _from_lua(value: Any) -> Any:
-    if lupa.lua_type(value) == "table":
+    if _lupa().lua_type(value) == "table":
         items = dict(value.items())
         if items and all(isinstance(k, int) for k in items):
             return tuple(_from_lua(items[k]) for k in sorted(items))

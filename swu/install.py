@@ -15,8 +15,11 @@ Dual copy: the environment is written only after every artifact has been written
 post-install scripts succeeded, so a ``copy-2`` mode whose images target the inactive slot and whose
 ``bootenv`` names that slot switches the boot only after the slot is verified (docs/ab-updates.md).
 
-Refused before anything is written: handlers without an implementation here (``flash``, ``ubivol``,
-``ubipartition``: the MTD/UBI writers are not available), ``partitions``, ``encrypted`` artifacts.
+The ``partitions`` section (UBI volumes created, resized or removed) is applied once the pre-install
+scripts have run, before the first image (SWUpdate's order), all of it planned and checked first.
+
+Refused before anything is written: unknown handlers, a handler missing what it needs, ``encrypted``
+artifacts.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from swu import bootenv
 from swu.cpio import CpioReader, MemberReader
 from swu.decompress import Readable, decompressing
-from swu.handlers import archive, bootloader, mtd, raw, rawfile, scripts
+from swu.handlers import archive, bootloader, mtd, raw, rawfile, scripts, ubi
 from swu.handlers.base import Call, InstallError, Progress, Result, Settings, describe
 from swu.model import Artifact, InstallPlan, Section, SwuError
 from swu.versions import read_sw_versions, write_sw_versions
@@ -45,13 +48,14 @@ INSTALLERS: dict[str, Installer] = {
     **{name: archive.install for name in archive.NAMES},
     **{name: bootloader.install for name in bootloader.NAMES},
     **{name: mtd.install for name in mtd.NAMES},
+    **{name: ubi.install for name in ubi.NAMES},
 }
 NEEDS: dict[str, tuple[str, ...]] = {
     **{n: raw.NEEDS for n in raw.NAMES}, **{n: rawfile.NEEDS for n in rawfile.NAMES},
     **{n: archive.NEEDS for n in archive.NAMES}, **{n: bootloader.NEEDS for n in bootloader.NAMES},
-    **{n: mtd.NEEDS for n in mtd.NAMES}, **{n: scripts.NEEDS for n in scripts.NAMES},
+    **{n: mtd.NEEDS for n in mtd.NAMES}, **{n: ubi.NEEDS for n in ubi.NAMES},
+    **{n: scripts.NEEDS for n in scripts.NAMES},
 }
-UNAVAILABLE = frozenset(mtd.NAMES)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Event:
     step: int
     steps: int
     name: str
-    phase: str  # "install", "spool", "script", "bootenv", "done"
+    phase: str  # "install", "spool", "script", "partitions", "bootenv", "done"
     done: int = 0
     total: int | None = None
 
@@ -82,26 +86,22 @@ def refusals(plan: InstallPlan) -> list[str]:
     """Why this plan cannot be installed here, decided before anything is touched."""
     problems: list[str] = []
     for artifact in plan.artifacts():
-        if artifact.handler in UNAVAILABLE:
-            family = "MTD" if artifact.handler == "flash" else "UBI"
-            problems.append(f"{describe(artifact)}: handler {artifact.handler}: "
-                            f"{family} writer not available on this system")
-        elif artifact.handler not in INSTALLERS and artifact.handler not in scripts.NAMES:
+        if artifact.handler not in INSTALLERS and artifact.handler not in scripts.NAMES:
             problems.append(f"{describe(artifact)}: no installer for handler {artifact.handler!r}")
         missing = [need for need in NEEDS.get(artifact.handler, ()) if not _has(artifact, need)]
         if missing:
             problems.append(f"{describe(artifact)}: handler {artifact.handler} needs {', '.join(missing)}")
+        elif artifact.handler in mtd.NAMES and (why := mtd.missing(artifact)):
+            problems.append(f"{describe(artifact)}: {why}")
         if artifact.encrypted:
             problems.append(f"{describe(artifact)}: encrypted artifacts are not supported "
                             "(no AES decryption key support)")
-    problems += [f"{p.where}: UBI partitions: UBI writer not available on this system"
-                 for p in plan.partitions]
     return problems
 
 
 def _has(artifact: Artifact, need: str) -> bool:
     if need == "mtd":
-        return bool(artifact.device or artifact.mtdname or artifact.volume)
+        return bool(artifact.device or artifact.mtdname)
     return bool(getattr(artifact, need))
 
 
@@ -232,6 +232,10 @@ def _maybe_pre(state: _Run) -> None:
         return
     if not state.pre_done:
         _run_phase(state, scripts.Phase.PRE)
+        if state.plan.partitions:
+            state.emit("partitions", "partitions")
+            log.get().info("swu", step="partitions", count=len(state.plan.partitions))
+            ubi.apply_partitions(state.plan.partitions)
         state.pre_done = True
     pending, state.pending = state.pending, []
     for artifact, path in pending:

@@ -100,7 +100,7 @@ class Case:
     fmt: str = "crc"
     difference: str | None = None
     swupdate_accepts: bool | None = None  # None: same as ``accept``
-    tamper: str | None = None  # "truncate", "not-first", "odc", "resign-other", "no-sig"
+    tamper: str | None = None  # "truncate", "not-first", "odc", "resign-other", "no-sig", "bad-check"
 
     @property
     def swupdate_verdict(self) -> bool:
@@ -123,6 +123,11 @@ def build(case: Case, signer: Signer, workdir: Path) -> bytes:
         data = data[: len(data) - 700]
     if case.tamper == "odc":
         data = b"070707" + data[6:]
+    if case.tamper == "bad-check":  # the last artifact's 070702 check field off by one, its data intact
+        name = case.artifacts[-1][0].encode() + b"\0"
+        field_at = data.rindex(name) - 110 + 102
+        check = (int(data[field_at:field_at + 8], 16) + 1) & 0xFFFFFFFF
+        data = data[:field_at] + b"%08X" % check + data[field_at + 8:]
     return data
 
 
@@ -196,6 +201,11 @@ def corpus() -> list[Case]:
                                    f'sha256 = "{sha(b"x")}"; }} );'), [("f", b"x")], accept=False,
              swupdate_accepts=True,
              difference="SWUpdate passes path to the rawfile handler as written; we refuse '..' components"),
+        # deliberate difference: we accept this, SWUpdate refuses it
+        Case("crc-check-wrong", _desc(f"images = ( {raw} );"), [("rootfs.img", IMG)], tamper="bad-check",
+             swupdate_accepts=False,
+             difference="a member whose sha256 is checked is not summed (swu/cpio.py): the sha256 binds its "
+                        "bytes and is signed; SWUpdate also refuses a wrong 070702 check in the header"),
         Case("duplicate-scripts", _desc(
             f'scripts = ( {{ filename = "s.sh"; type = "shellscript"; sha256 = "{sha(b"true")}"; }}, '
             f'{{ filename = "s.sh"; type = "postinstall"; sha256 = "{sha(b"true")}"; }} );'),

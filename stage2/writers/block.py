@@ -248,7 +248,7 @@ def _drop_cache(fd: int, target: _Target, offset: int, length: int) -> None:
 def write_image(source: BinaryIO, target: str, *, length: int | None = None, offset: int = 0,
                 chunk_size: int = 1 << 20, progress: Progress | None = None, end: int | None = None,
                 direct: bool | None = None, sync_every: int | None = None,
-                exclusive: bool = True) -> WriteReport:
+                exclusive: bool = True, decompress: bool = True) -> WriteReport:
     """Write the image read from ``source`` to ``target`` at ``offset``, then read it back and compare.
 
     ``length``: write exactly this many image bytes (after inflating); fewer is an error, more are left
@@ -257,14 +257,15 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     (``total`` is None when the size is not known in advance). ``direct``: None tries O_DIRECT, False
     uses the page cache. ``sync_every``: bytes between fsyncs (default: only at the end with O_DIRECT,
     every 8 chunks without). ``exclusive``: open block devices with O_EXCL, which fails while they are
-    mounted or claimed (swap, another exclusive opener).
+    mounted or claimed (swap, another exclusive opener). ``decompress`` False writes an image that
+    starts ``1f 8b`` as it is instead of inflating it.
     """
     if chunk_size <= 0 or offset < 0 or (length is not None and length < 0):
         raise ValueError("chunk_size must be positive, offset and length not negative")
     info = _inspect(target, end)
     start, available = source_size(source)
     try:
-        stream = Stream(source, length)
+        stream = Stream(source, length, decompress=decompress)
     except SourceError as exc:
         raise InvalidInput(f"cannot read image: {exc}") from exc
     size: int | None = length
@@ -315,7 +316,7 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
         duration = time.monotonic() - started
         started = time.monotonic()
         _verify(info, offset, use_direct, chunk_size, stream.produced, digests, source, start, length,
-                compare_source=compare)
+                compare_source=compare, decompress=decompress)
         verify_duration = time.monotonic() - started
     except WriteError as exc:
         log.get().warning("write_image", target=target, result="failed", error=exc.message,
@@ -395,7 +396,8 @@ def _drain(worker: _Worker) -> None:
 
 
 def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: int, digests: list[bytes],
-            source: BinaryIO, start: int | None, length: int | None, compare_source: bool = False) -> None:
+            source: BinaryIO, start: int | None, length: int | None, compare_source: bool = False,
+            decompress: bool = True) -> None:
     """Drop the target's cached pages, read the image's extent back and compare it: with the source
     re-read (``compare_source``), else with the chunk digests taken while writing."""
     try:
@@ -441,7 +443,7 @@ def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: i
                     raise WriteError("verify mismatch", offset=base + chunk.pos + first, written=True,
                                      hint=f"first differing byte; chunk {index} of {count}")
             elif chunk.got < chunk.size or hashlib.sha256(chunk.view[:chunk.got]).digest() != digests[index]:
-                pos, how = _locate(chunk, index, chunk_size, digests, source, start, length)
+                pos, how = _locate(chunk, index, chunk_size, digests, source, start, length, decompress)
                 raise WriteError("verify mismatch", offset=base + pos, written=True,
                                  hint=f"{how}; chunk {index} of {count}")
             if queued < count:
@@ -460,14 +462,14 @@ def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: i
 
 
 def _locate(readback: _Chunk, index: int, chunk_size: int, digests: list[bytes], source: BinaryIO,
-            start: int | None, length: int | None) -> tuple[int, str]:
+            start: int | None, length: int | None, decompress: bool = True) -> tuple[int, str]:
     """Image offset of the first byte of chunk ``index`` that differs, regenerating it from the source."""
     if start is None:
         return readback.pos, "first differing chunk (the source cannot be re-read)"
     scratch = _Chunk(chunk_size)
     try:
         source.seek(start)
-        stream = Stream(source, length)
+        stream = Stream(source, length, decompress=decompress)
         n = 0
         for _ in range(index + 1):
             n = stream.fill(scratch.view)

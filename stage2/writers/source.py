@@ -3,8 +3,10 @@
 ``Stream`` fills the writer's chunk buffers from a file object: a gzip image (magic ``1f 8b``, several
 members allowed, trailing non-gzip data such as a fwtool trailer ignored and noted) is inflated in
 pieces of at most ``PIECE`` bytes, so memory does not grow with the image; any other image is copied
-as it is (``readinto`` when the source has it). A read error, a corrupt or a truncated gzip stream
-raises ``SourceError``, which the writer reports at its target offset.
+as it is (``readinto`` when the source has it). ``decompress=False`` turns the detection off: the bytes
+are copied as they are even when they start ``1f 8b`` (an artifact whose format is known). A read
+error, a corrupt or a truncated gzip stream raises ``SourceError``, which the writer reports at its
+target offset.
 
 ``source_size`` tells the extent of a seekable source (the image's size when it is not compressed,
 and whether it can be read again); ``read_source`` reads its bytes at an offset again, for the verify
@@ -33,13 +35,13 @@ class SourceError(Exception):
 class Stream:
     """The image's bytes from ``source``: raw, or inflated on the fly; at most ``limit`` of them."""
 
-    def __init__(self, source: BinaryIO, limit: int | None) -> None:
+    def __init__(self, source: BinaryIO, limit: int | None, *, decompress: bool = True) -> None:
         self._src = source
         self._limit = limit
         self._readinto: Callable[[memoryview], int | None] | None = getattr(source, "readinto", None)
         self.produced = 0
         self.trailing = False  # non-gzip data followed the last gzip member (ignored)
-        self._pending = self._read(2 if limit is None else min(2, limit))
+        self._pending = self._read(2 if limit is None else min(2, limit)) if decompress else b""
         self.compressed = self._pending == GZIP_MAGIC
         self._inflate = zlib.decompressobj(31) if self.compressed else None
 

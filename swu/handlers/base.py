@@ -71,6 +71,17 @@ def describe(artifact: Artifact) -> str:
     return f"{artifact.where} ({artifact.filename})"
 
 
+def writer_progress(call: Call, name: str) -> Callable[[int, int | None], None]:
+    """This call's progress for artifact ``name`` in the shape the project's writers report it."""
+    progress = call.progress
+
+    def report(done: int, total: int | None) -> None:
+        if progress is not None:
+            progress(name, done, total)
+
+    return report
+
+
 def copy_verified(src: Readable, fd: int, base: int, *, what: str, progress: Progress | None = None,
                   name: str = "", total: int | None = None, limit: int | None = None,
                   direct_fd: int | None = None) -> int:

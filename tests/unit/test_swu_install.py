@@ -148,11 +148,23 @@ def test_failing_postinstall_keeps_environment(tmp_path: Path, settings: Setting
     assert env_of(settings) == {"slot": "a"}
 
 
-def test_unavailable_handlers_and_encryption_refused_first(settings: Settings) -> None:
-    p = plan(images=(art(Section.IMAGES, "k", "flash", None, mtdname="kernel"),
+def test_flash_without_target_and_encryption_refused_first(settings: Settings) -> None:
+    p = plan(images=(art(Section.IMAGES, "k", "flash", None),
                      art(Section.IMAGES, "e", "raw", None, device="/dev/null", encrypted=True)))
-    with pytest.raises(SwuError, match=r"MTD writer not available.*encrypted"):
+    with pytest.raises(SwuError, match=r"flash needs mtd.*encrypted"):
         install.install(iter(()), p, settings)  # type: ignore[arg-type]
+
+
+def test_missing_mtd_partition_refused_before_anything_is_written(tmp_path: Path, settings: Settings) -> None:
+    image = os.urandom(5000)
+    target = tmp_path / "t.img"
+    target.write_bytes(b"old")
+    bundle = build_swu(tmp_path / "b.swu", [("img", image), ("k", b"kernel")])
+    p = plan(images=(art(Section.IMAGES, "img", "raw", image, device=str(target)),
+                     art(Section.IMAGES, "k", "flash", b"kernel", mtdname="no-such-partition")))
+    with pytest.raises(SwuError, match=r"no MTD partition named 'no-such-partition'"):
+        run(bundle, p, settings)
+    assert target.read_bytes() == b"old"
 
 
 def test_handler_needs_are_checked_first(settings: Settings) -> None:
