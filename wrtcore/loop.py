@@ -18,6 +18,7 @@ LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_PARTSCAN = 8
+LO_FLAGS_DIRECT_IO = 16
 
 
 class LoopInfo64(ctypes.Structure):
@@ -37,13 +38,18 @@ class LoopConfig(ctypes.Structure):
 
 
 def attach(backing: str, *, offset: int = 0, sizelimit: int = 0, read_only: bool = False,
-           autoclear: bool = False, partscan: bool = False) -> str:
+           autoclear: bool = False, partscan: bool = False, direct_io: bool = False) -> str:
     """Attach ``backing`` (a file or block device) to a free loop device; return its path.
+
+    ``direct_io``: the loop device reads and writes its backing with direct I/O (the kernel falls back
+    to the page cache where the backing cannot do it), so a write error reaches the writer of the loop
+    device instead of staying in the backing's page cache until some later flush.
 
     With ``autoclear`` the kernel detaches the device as soon as its last user closes it, which is
     right away unless something (a mount) holds it: prefer ``set_autoclear`` after mounting.
     """
-    flags = (LO_FLAGS_AUTOCLEAR if autoclear else 0) | (LO_FLAGS_PARTSCAN if partscan else 0)
+    flags = ((LO_FLAGS_AUTOCLEAR if autoclear else 0) | (LO_FLAGS_PARTSCAN if partscan else 0)
+             | (LO_FLAGS_DIRECT_IO if direct_io else 0))
     if read_only:
         flags |= LO_FLAGS_READ_ONLY
     fd = os.open(backing, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)

@@ -92,7 +92,9 @@ def open_device(disk: str, number: int) -> tuple[str, bool]:
             existing = view_of(disk, entry)
             if existing:
                 return existing, False
-            return loop.attach(disk, offset=entry.start, sizelimit=entry.size), True
+            # direct I/O: a write error on the view is the writer's, at its offset (not a dirty page of
+            # the disk's cache that fails at some later fsync, poisoning the next mount)
+            return loop.attach(disk, offset=entry.start, sizelimit=entry.size, direct_io=True), True
     raise FileNotFoundError(f"{disk} has no partition {number}")
 
 

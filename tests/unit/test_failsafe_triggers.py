@@ -127,7 +127,8 @@ def test_a_signal_to_preinit_during_the_wait(start, signo: int) -> None:  # type
 def test_the_button_file(start) -> None:  # type: ignore[no-untyped-def]
     run = start(consoles=1)
     run.read_until(0, trigger.PROMPT_DEBUG)
-    (run.tmp / "failsafe_button").write_text("reset\n")
+    (run.tmp / "failsafe_button.new").write_text("reset\n")  # renamed: the child never sees it empty
+    (run.tmp / "failsafe_button.new").rename(run.tmp / "failsafe_button")
     assert run.result() == ["button", "reset"]
 
 

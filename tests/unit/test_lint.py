@@ -120,3 +120,12 @@ def test_python_script_discovery() -> None:
     if (REPO / "rootfs-overlay/usr/libexec/validate_firmware_image").exists():
         assert "rootfs-overlay/usr/libexec/validate_firmware_image" in found
     assert not [p for p in found if p.endswith(".sh")]
+
+
+def test_test_module_names_are_unique_across_tiers() -> None:
+    """pytest imports test files by basename (no packages under tests/): two tiers holding the same name
+    stop the whole run at collection."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert not {name: where for name, where in seen.items() if len(where) > 1}

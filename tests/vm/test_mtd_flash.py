@@ -78,6 +78,7 @@ def shell(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         vm = dev.boot()
         vm.wait_event("- init complete -", timeout=120)
+        vm.wait_event("- done -", timeout=120)  # preinit's last step: the console is quiet from now
         sh = Shell(vm)
         sh.wait_ready(timeout=90)
         dev.fetch_transfer(sh, "/tmp/files.tar")
@@ -100,9 +101,15 @@ def mtd_index(sh: Shell, label: str) -> int:
     return int(m.group(1))
 
 
+def md5_in(out: str) -> str:
+    """The digest md5sum printed (the console may carry a kernel line too)."""
+    m = re.search(r"\b[0-9a-f]{32}\b", out)
+    assert m, out
+    return m.group(0)
+
+
 def flash_md5(sh: Shell, dev: str, length: int) -> str:
-    out = sh.check(f"head -c {length} {dev} | md5sum")
-    return out.split()[0]
+    return md5_in(sh.check(f"head -c {length} {dev} | md5sum"))
 
 
 def test_nor_write_and_verify(shell: Shell) -> None:
@@ -163,7 +170,7 @@ def test_nand_bad_blocks_skipped_and_failures_marked(shell: Shell) -> None:
         assert f"Marked block at 0x{b * NAND_BLOCK:08x} bad" in out, out
     # mtd-utils reads the flash back skipping bad blocks: exactly our image
     shell.check(f"nanddump -q --bb=skipbad -l {len(data)} -f /tmp/dump.bin /dev/mtd{n}", timeout=300)
-    assert shell.check("md5sum /tmp/dump.bin").split()[0] == md5(data)
+    assert md5_in(shell.check("md5sum /tmp/dump.bin")) == md5(data)
     code, out = shell.run(f"mtd verify /tmp/t/nand.bin mtd{n} 2>&1", timeout=300)
     assert code == 0 and "Success" in out, out
     # the kernel counts a block bad only when its marker could be written: block 9 refuses every program,
@@ -194,8 +201,8 @@ def test_jffs2_config_append_mounts_in_the_kernel(shell: Shell) -> None:
     try:
         listing = shell.check("ls -ln /mnt/jffs2")
         assert "sysupgrade.tgz" in listing and "extra.conf" in listing, listing
-        assert shell.check("md5sum /mnt/jffs2/sysupgrade.tgz").split()[0] == md5(config)
-        assert shell.check("md5sum /mnt/jffs2/extra.conf").split()[0] == md5(extra)
+        assert md5_in(shell.check("md5sum /mnt/jffs2/sysupgrade.tgz")) == md5(config)
+        assert md5_in(shell.check("md5sum /mnt/jffs2/extra.conf")) == md5(extra)
         assert shell.check("cmp /mnt/jffs2/sysupgrade.tgz /tmp/t/sysupgrade.tgz && echo same"
                            ).strip().endswith("same")
     finally:

@@ -1,7 +1,9 @@
 """Power cuts (QMP ``quit``, then a new QEMU on the same disk) during an x86 upgrade: before the write, at
 10 %, 50 % and 90 % of the write, and while saving the config. What the next boot shows follows from
 where the cut landed (``wrtvm.powercut``: the region of the image the write had reached, measured on
-the host by comparing the disk with the new image); each test checks that boot against it.
+the host by comparing the disk with the new image); each test checks that boot against it, the report of
+the interrupted upgrade that boot publishes included (stage2's in-progress records, turned into an
+``interrupted`` report by preinit).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def _boot_after_cut(device: Device, exp: powercut.Expected, before_ip: str,
         return {"bricked": True}
     vm, shell = scenario.boot_to_shell(device)
     t("boot 2 to shell")
-    shown = {"version": scenario.version(shell), "ip": scenario.lan_ip(shell),
-             "default_ip": scenario.default_ip(shell), "report": scenario.report(shell)}
-    assert shown["report"] is None, shown["report"]  # no report of the interrupted upgrade
+    report = scenario.report(shell)
+    shown: dict[str, Any] = {"version": scenario.version(shell), "ip": scenario.lan_ip(shell),
+                             "default_ip": scenario.default_ip(shell), "report": report}
     if exp.outcome is Outcome.OLD_BOOTS:
         assert shown["version"] == "1.0"
         assert shown["ip"] == before_ip  # the overlay is untouched
@@ -55,8 +57,25 @@ def _boot_after_cut(device: Device, exp: powercut.Expected, before_ip: str,
         assert shown["version"] == "2.0"
         if exp.region in (Region.DATA, Region.DONE):
             assert shown["ip"] == shown["default_ip"] != before_ip
+    report = _check_report(report, exp, shown["version"])
+    print(f"  next boot's report: {report['summary']['meaning']}: in {report['failed_state']}, "
+          f"{report['details']['written']} written")
     t("checks")
     return shown
+
+
+def _check_report(report: dict[str, Any] | None, exp: powercut.Expected, running: str) -> dict[str, Any]:
+    """What the next boot says about the upgrade the cut interrupted."""
+    assert report is not None, "no report of the interrupted upgrade"
+    summary = report["summary"]
+    assert report["outcome"] == summary["outcome"] == "interrupted", report
+    assert (summary["from_version"], summary["to_version"], summary["running_version"]) == ("1.0", "2.0",
+                                                                                             running)
+    assert summary["failed_state"] == exp.report_state
+    assert summary["written_extent"] == report["details"]["written"] == exp.report_written
+    assert summary["written"] is (exp.report_written != "nothing")
+    assert summary["config_kept"] is False
+    return report
 
 
 def _upgrade_until_flashing(device: Device) -> tuple[VM, scenario.Phases]:
@@ -85,8 +104,8 @@ def test_power_cut_before_the_write(vm_device: Device, vm_assets: Assets) -> Non
     # the boot partition's first chunk is not the new one, the old root is intact: nothing was written
     assert not powercut.same_bytes(disk, new, layout.boot_start, layout.boot_start + MIB)
     assert powercut.same_bytes(disk, vm_assets.images.v1, old.root_start, old.squashfs_end)
-    exp = _show(layout, 0)
-    assert exp.outcome is Outcome.OLD_BOOTS
+    exp = powercut.BEFORE_WRITE
+    print(f"  cut before the write: {exp.outcome.value}")
     _boot_after_cut(vm_device, exp, scenario.CHANGED_IP, t)
     t.total()
 
@@ -113,7 +132,11 @@ def test_power_cut_during_the_write(vm_device: Device, vm_assets: Assets, fracti
     disk, old = vm_device.disk_file, powercut.layout_of(vm_assets.images.v1)
     # written: everything before the chunk in flight; the chunk lies in one region, so how much of it
     # landed does not change the outcome
-    assert powercut.same_bytes(disk, vm_assets.images.v2, 0, boundary - MIB)
+    if boundary - MIB > layout.root_start:  # the boot partition was finished: it holds the record now
+        assert powercut.same_bytes(disk, vm_assets.images.v2, 0, layout.boot_start)
+        assert powercut.same_bytes(disk, vm_assets.images.v2, layout.root_start, boundary - MIB)
+    else:
+        assert powercut.same_bytes(disk, vm_assets.images.v2, 0, boundary - MIB)
     assert powercut.region_of(layout, boundary - MIB) == powercut.region_of(layout, boundary - 1)
     if boundary < old.squashfs_end:  # what lies after the boundary is still the old squashfs
         end = old.squashfs_end
