@@ -13,21 +13,22 @@ back and compared, and every failure ends the command with its offset.
 Exit codes: 0 ok; 1 failure (device cannot be opened, erase, write or verify failure, a verify that
 differs, no room); 2 usage or invalid input (unknown option or command, bad number, empty image).
 Not supported: ``dump``, several devices joined by ``:``, and the TRX/SEAMA/WRG fix-ups.
+
+Start-up counts (a device's CPU, a VM under emulation: each imported module costs): the options are
+parsed here rather than by ``getopt`` (which imports ``gettext``), logging is ``wrtcore.log``'s light
+mode (no structlog), and what only a reboot needs is imported for it.
 """
 
 from __future__ import annotations
 
-import getopt
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
 from stage2.writers import mtd as writer
-from wrtcore import log, syscalls
+from wrtcore import log
 from wrtcore.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, InvalidInput, UpgradeError
-from wrtcore.run import CommandFailed, run
 
 USAGE = """\
 Usage: mtd [<options> ...] <command> [<arguments> ...] <device>
@@ -61,18 +62,18 @@ class Usage(Exception):
     """Bad command line: the message (may be empty), then the usage text."""
 
 
-@dataclass
 class Options:
-    quiet: int = 0
-    no_erase: bool = False
-    reboot: bool = False
-    erase: list[str] = field(default_factory=list)
-    directory: str = ""
-    jffs2: str | None = None
-    skip: int = 0
-    offset: int = 0
-    command: str = ""
-    args: list[str] = field(default_factory=list)
+    """The command line, parsed (a plain class: a dataclass costs a compile at every start)."""
+
+    def __init__(self) -> None:
+        self.quiet = 0
+        self.no_erase = self.reboot = False
+        self.erase: list[str] = []
+        self.directory = ""
+        self.jffs2: str | None = None
+        self.skip = self.offset = 0
+        self.command = ""
+        self.args: list[str] = []
 
 
 def _number(opt: str, value: str) -> int:
@@ -86,13 +87,37 @@ def _number(opt: str, value: str) -> int:
 
 
 ARITY = {"unlock": 1, "erase": 1, "verify": 2, "write": 2, "jffs2write": 2}
+FLAGS, WITH_VALUE = "frnq", "edsjp"
+
+
+def options(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """POSIX getopt over ``FLAGS`` and ``WITH_VALUE``: bundled flags (``-qq``), a value attached
+    (``-p65536``) or in the next word, ``--`` or the first word not an option ends them."""
+    opts: list[tuple[str, str]] = []
+    args = list(argv)
+    while args and args[0].startswith("-") and args[0] != "-":
+        word = args.pop(0)
+        if word == "--":
+            break
+        for i, letter in enumerate(word[1:], 1):
+            if letter in FLAGS:
+                opts.append((f"-{letter}", ""))
+            elif letter in WITH_VALUE:
+                if i + 1 < len(word):
+                    value = word[i + 1:]
+                elif args:
+                    value = args.pop(0)
+                else:
+                    raise Usage(f"option -{letter} requires argument")
+                opts.append((f"-{letter}", value))
+                break
+            else:
+                raise Usage(f"option -{letter} not recognized")
+    return opts, args
 
 
 def parse(argv: Sequence[str]) -> Options:
-    try:
-        opts, rest = getopt.getopt(list(argv), "frnqe:d:s:j:p:")
-    except getopt.GetoptError as exc:
-        raise Usage(str(exc)) from None
+    opts, rest = options(argv)
     o = Options()
     for opt, value in opts:
         if opt == "-q":
@@ -208,19 +233,22 @@ def _unlock(device: str, o: Options, err: TextIO) -> None:
 
 
 def _reboot(err: TextIO) -> None:
+    from wrtcore import syscalls
+    from wrtcore.run import CommandFailed, run
+
     err.write("Rebooting ...\n")
     err.flush()
     try:
         run(["/sbin/reboot"])
     except CommandFailed:
-        syscalls.sync()
+        os.sync()
         syscalls.reboot(syscalls.LINUX_REBOOT_CMD_RESTART)
 
 
 def execute(o: Options, err: TextIO, stdin: BinaryIO) -> int:
     device = o.args[-1]
     writer.open_device(device).close()  # "Could not open mtd device" before anything else happens
-    syscalls.sync()
+    os.sync()
     unlocked = False
     for name in o.erase:
         _unlock(name, o, err)
@@ -242,7 +270,7 @@ def execute(o: Options, err: TextIO, stdin: BinaryIO) -> int:
         if o.quiet < 2:
             err.write(f"Appending {o.args[0]} to jffs2 partition {device}\n")
         writer.jffs2write(o.args[0], device, directory=o.directory)
-    syscalls.sync()
+    os.sync()
     if o.reboot:
         _reboot(err)
     return EXIT_OK
@@ -275,7 +303,7 @@ def main(argv: Sequence[str] | None = None, *, err: TextIO | None = None,
 
 def entry() -> None:
     # The messages are OpenWrt's, on stderr; the structured records go to the JSON channel only.
-    log.setup("mtd", console=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    log.setup("mtd", console=open(os.devnull, "w"), light=True)  # noqa: SIM115 - lives as long as the process
     sys.exit(main())
 
 

@@ -104,8 +104,8 @@ def hook_mount_root(state: State) -> None:
 
 
 def hook_publish_report(state: State) -> None:
-    if state.report:
-        lastupgrade.publish(state.report, restored=state.restored)
+    """The boot partition's report, or the overlay's in-progress record when a cut left only that."""
+    lastupgrade.publish(state.report, restored=state.restored)
 
 
 # -- preinit_mount_root (inside 80_mount_root) -------------------------------------------------------

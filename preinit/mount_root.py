@@ -36,6 +36,7 @@ MIN_OVERLAY = 2 << 20
 JFFS2_MAGIC = (b"\x85\x19", b"\x19\x85")  # 0x1985 little- and big-endian
 F2FS_MAGIC = b"\x10\x20\xf5\xf2"  # 0xF2F52010 little-endian, at 1024
 TAR_FROM_DATA = "/tmp/sysupgrade.tar"
+FLASH_ROOTS = ("/dev/mtdblock", "/dev/ubiblock")  # roots on flash: no block device after the squashfs
 MAX_TAR = 64 << 20
 
 
@@ -126,11 +127,12 @@ def attach_rootfs_data(root_dev: str, reuse: bool = False) -> str | None:
 def find_volume(line: dict[str, str], reuse: bool = False) -> rd.Volume | None:
     """rootfs_data (named by ``fstools_overlay_name=``): an MTD partition, else the block device after
     the squashfs of ``root=``."""
-    found = rd.find_mtd(line.get("fstools_overlay_name") or rd.NAME)
+    name = line.get("fstools_overlay_name") or rd.NAME
+    found = rd.find_mtd(name) or rd.find_ubi(name)
     if found is not None:
         return found
     root_dev = line.get("root", "")
-    if not root_dev.startswith("/dev/") or root_dev.startswith("/dev/mtdblock"):
+    if not root_dev.startswith("/dev/") or root_dev.startswith(FLASH_ROOTS):
         return None
     data = attach_rootfs_data(root_dev, reuse)
     return rd.Volume(data) if data else None
@@ -156,7 +158,7 @@ def fopivot(overlay: str) -> None:
 def _mount_data(volume: rd.Volume) -> str:
     """Mount rootfs_data on /tmp/overlay as its first bytes say; "tmpfs" when it cannot be used now."""
     data = volume.device
-    fs = identify(data)
+    fs = "ubifs" if volume.ubi else identify(data)
     action = rd.start_action(fs, volume.on_mtd)
     if action is rd.Start.TMPFS:
         log.get().info("rootfs_data not ready yet, using temporary tmpfs overlay", device=data, found=fs)
@@ -178,7 +180,7 @@ def _mount_data(volume: rd.Volume) -> str:
     except OSError as exc:
         log.get().warning(f"switching to {fs} failed - fallback to ramoverlay", error=str(exc))
         return "tmpfs"
-    if not volume.on_mtd:
+    if volume.on_loop:
         loop.set_autoclear(data)  # goes away with the mount
     return fs
 
@@ -215,7 +217,7 @@ def done() -> str:
     where = mounts.find(mounts.read_mountinfo(), "/overlay")
     overlay_fs = where.fstype if where else None
     volume = find_volume(cmdline.read(), reuse=True) if overlay_fs == "tmpfs" else None
-    fs = identify(volume.device) if volume else None
+    fs = ("ubifs" if volume.ubi else identify(volume.device)) if volume else None
     action = rd.done_action(overlay_fs, volume, fs)
     if action is rd.Done.READY:
         mark_ready("/overlay")
@@ -229,7 +231,7 @@ def done() -> str:
             run.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs_data", volume.device])
             fstype = "ext4"
         overlay_switch.switch(volume.source, fstype, mark_ready)
-        if not volume.on_mtd:
+        if volume.on_loop:
             loop.set_autoclear(volume.device)
         log.get().info(f"switched from the tmpfs overlay to {fstype}", device=volume.device)
     else:
@@ -241,8 +243,8 @@ def done() -> str:
 def move_config(root_dev: str) -> dict[str, str | None]:
     """x86's 79_move_config: mount the boot partition on /boot, move sysupgrade.tgz to /."""
     found: dict[str, str | None] = {"archive": None, "report": None}
-    if not root_dev.startswith("/dev/") or root_dev.startswith("/dev/mtdblock"):
-        return found  # NOR: the config came with the image into rootfs_data (mtd -j), no boot partition
+    if not root_dev.startswith("/dev/") or root_dev.startswith(FLASH_ROOTS):
+        return found  # NOR, UBI: the config came into rootfs_data (mtd -j, ubifs), no boot partition
     try:
         boot, made = partitions.open_device(blockdev.disk_of(root_dev), 1)
     except (OSError, ValueError) as exc:

@@ -30,18 +30,28 @@ NAME = "rootfs_data"
 @dataclass(frozen=True)
 class Volume:
     """rootfs_data. ``device``: what ``identify`` reads and a block filesystem mounts; ``mtd``: the
-    character device of an MTD partition (erased through it), None on a block device."""
+    character device of an MTD partition (erased through it), None on a block device; ``ubi``: the
+    ubifs source (``ubiN:rootfs_data``) of a UBI volume."""
 
     device: str
     mtd: str | None = None
+    ubi: str | None = None
 
     @property
     def on_mtd(self) -> bool:
         return self.mtd is not None
 
     @property
+    def on_loop(self) -> bool:
+        """A loop device over the root's block device (x86): detached with its mount."""
+        return self.mtd is None and self.ubi is None
+
+    @property
     def source(self) -> str:
-        """The mount source: ``mtdN`` for jffs2 on an MTD partition (the kernel's own naming)."""
+        """The mount source: ``mtdN`` for jffs2 on an MTD partition (the kernel's own naming),
+        ``ubiN:name`` for a UBI volume."""
+        if self.ubi:
+            return self.ubi
         return os.path.basename(self.mtd) if self.mtd else self.device
 
 
@@ -53,6 +63,27 @@ def find_mtd(name: str = NAME, proc_mtd: str = mtd.PROC_MTD) -> Volume | None:
     return None
 
 
+def find_ubi(name: str = NAME, sysfs: str = "/sys/class/ubi") -> Volume | None:
+    """The UBI volume labelled ``name`` on any attached UBI device, or None (fstools' ubi volume
+    lookup); always mounted as ubifs, which formats an empty volume on its first mount."""
+    try:
+        entries = sorted(os.listdir(sysfs))
+    except OSError:
+        return None
+    for entry in entries:
+        device, sep, _vol = entry.partition("_")
+        if not sep or not device.startswith("ubi"):
+            continue
+        try:
+            with open(f"{sysfs}/{entry}/name") as f:
+                if f.read().strip() != name:
+                    continue
+        except OSError:
+            continue
+        return Volume(f"/dev/{entry}", ubi=f"{device}:{name}")
+    return None
+
+
 class Start(enum.Enum):
     MOUNT = "mount"  # mount it as it is
     FORMAT = "format"  # mkfs, then mount (a block device that holds nothing)
@@ -61,7 +92,10 @@ class Start(enum.Enum):
 
 
 def start_action(fs: str, on_mtd: bool) -> Start:
-    """What ``mount_root start`` does with rootfs_data that ``identify`` called ``fs``."""
+    """What ``mount_root start`` does with rootfs_data that ``identify`` called ``fs`` (``ubifs``: a
+    UBI volume, mounted as it is)."""
+    if fs == "ubifs":
+        return Start.MOUNT
     if on_mtd:
         return Start.MOUNT if fs == "jffs2" else Start.TMPFS
     if fs == "deadcode":

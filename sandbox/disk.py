@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import struct
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -143,3 +145,52 @@ def sparse_copy(src: Path, dst: Path, size: int | None = None) -> None:
                 left -= len(buf)
             pos = hole
         d.truncate(max(end, size or 0))
+
+
+def nand_sysupgrade_tar(kernel: Path, root: Path, out: Path, *, version: str, board: str,
+                        compat_version: str = "1.0") -> Path:
+    """A NAND sysupgrade image as OpenWrt's ``sysupgrade-tar`` makes it: a tar whose directory
+    ``sysupgrade-<board, "," as "_">/`` holds ``CONTROL`` (``BOARD=``, ``REV=``), ``kernel`` and ``root``,
+    then the fwtool metadata naming ``board``."""
+    top = f"sysupgrade-{board.replace(',', '_')}"
+    control = f"BOARD={board}\nREV={version}\n".encode()
+    with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(top)
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+        tar.addfile(info)
+        info = tarfile.TarInfo(f"{top}/CONTROL")
+        info.size, info.mode, info.mtime = len(control), 0o644, 0
+        tar.addfile(info, io.BytesIO(control))
+        for name, path in (("kernel", kernel), ("root", root)):
+            info = tar.gettarinfo(str(path), f"{top}/{name}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    fwtool.append_metadata(out, _metadata(version, board, compat_version, None))
+    return out
+
+
+UBI_DATA_MIN = MIB  # rootfs_data as ubinize makes it; UBI's autoresize gives it the rest on first attach
+
+
+def ubi_flash(kernel: Path, root: Path, out: Path, *, peb: int, size: int) -> Path:
+    """The whole flash of a UBI board (a NOR-type MTD: 1-byte writes, as block2mtd) as ``ubinize``
+    makes it from the volumes ``kernel``, ``rootfs`` (squashfs) and an empty ``rootfs_data`` that grows
+    to the free room when the device is first attached, then erased (0xFF) to ``size``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ini = Path(tmp) / "ubinize.ini"
+        ini.write_text(
+            f"[kernel]\nmode=ubi\nimage={kernel}\nvol_id=0\nvol_type=dynamic\nvol_name=kernel\n"
+            f"[rootfs]\nmode=ubi\nimage={root}\nvol_id=1\nvol_type=dynamic\nvol_name=rootfs\n"
+            f"[rootfs_data]\nmode=ubi\nvol_id=2\nvol_type=dynamic\nvol_name=rootfs_data\n"
+            f"vol_size={UBI_DATA_MIN}\nvol_flags=autoresize\n")
+        run.run(["ubinize", "-o", str(out), "-p", str(peb), "-m", "1", str(ini)])
+    with open(out, "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > size:
+            raise ValueError(f"UBI image of {f.tell()} bytes does not fit a flash of {size}")
+        block = b"\xff" * MIB
+        while f.tell() < size:
+            f.write(block[: size - f.tell()])
+    return out

@@ -7,6 +7,8 @@ to decide what goes into the ramfs, so a lazy import here would be missing after
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -15,11 +17,22 @@ import sys
 import time
 import traceback
 
+import structlog  # noqa: F401  (wrtcore.log imports it only when set up: the ramfs must hold it)
+
 from stage2 import release
+from stage2.formats import jffs2  # noqa: F401  (imported by the MTD writer only for mtd -j: the ramfs must hold it)
 from stage2.machine import Context, Step, run
 from stage2.platforms import nand, x86
 from stage2.platforms.profile import ConfigMethod, Kind, Profile, Writer
-from stage2.report import Report, peak_rss_kb, persist, save_failure
+from stage2.report import (
+    Report,
+    peak_rss_kb,
+    persist,
+    report_file,
+    save_failure,
+    save_in_jffs2,
+    save_progress,
+)
 from stage2.states import State
 from stage2.writers import block
 from stage2.writers.mtd import write_mtd
@@ -27,6 +40,7 @@ from wrtcore import blockdev, log, power, syscalls, watchdog
 from wrtcore.errors import UpgradeError
 
 JOURNAL = "/tmp/upgrade-journal.jsonl"
+SWU_STEP = "stage2.swu_step"
 BOOT_MNT = "/boot"
 
 
@@ -55,6 +69,8 @@ def releasing_root(ctx: Context) -> None:
     for line in plan.describe():
         log.get().info("release plan", step=line)
     done = release.execute(plan)
+    if profile_of(ctx).writer is not Writer.BLOCK:  # the root lived on the flash being written
+        release.check_released(target_devs)
     ctx.report.swapped_off = done["swapoff"]
     ctx.report.writer_maps_checked = check_maps()
 
@@ -73,7 +89,10 @@ def flashing(ctx: Context) -> None:
             log.get().info("progress", state="flashing", progress={"done": done, "total": total})
 
     ctx.report.first_write_after = round(time.time() - ctx.requested_at, 4)
-    FLASHERS[profile_of(ctx).writer](ctx, progress)
+    if plan.get("swu"):  # sysupgrade bundle.swu: imported only then (measured into the ramfs for it)
+        importlib.import_module(SWU_STEP).flash(ctx, progress)
+    else:
+        FLASHERS[profile_of(ctx).writer](ctx, progress)
     ctx.report.written = True
 
 
@@ -98,8 +117,14 @@ def _flash_disk(ctx: Context, progress: block.Progress) -> None:
         log.get().info("disk plan", step=line)
     ctx.data["disk_plan"] = layout
     if not layout.whole:
-        parts = x86.write_partitions(ctx.image, disk, layout, progress,
+        boot_number = int(plan["boot_partition"])
+        first, rest = layout.parts[:1], layout.parts[1:]
+        parts = x86.write_partitions(ctx.image, disk, dataclasses.replace(layout, parts=first), progress,
                                      on_write=lambda: setattr(ctx.report, "written", True))
+        if first and first[0].number == boot_number:  # the new boot partition is whole and verified
+            _record_progress(ctx, State.FLASHING)
+        parts += x86.write_partitions(ctx.image, disk, dataclasses.replace(layout, parts=rest), progress,
+                                      on_write=lambda: setattr(ctx.report, "written", True))
         ctx.report.bytes_written = sum(p.bytes for p in parts)
         ctx.report.details["partitions"] = {str(p.number): "written" if p.written else "unchanged"
                                             for p in parts}
@@ -137,6 +162,20 @@ def _flash_ubi(ctx: Context, progress: block.Progress) -> None:
 FLASHERS = {Writer.BLOCK: _flash_disk, Writer.MTD: _flash_mtd, Writer.UBI: _flash_ubi}
 
 
+def _record_progress(ctx: Context, state: State) -> None:
+    """The in-progress record (``stage2.report``) into the new boot partition: a power cut from here on
+    leaves the next boot a report of how far the upgrade got. Best effort: the record only explains a
+    cut, a failure to save it does not stop the upgrade."""
+    plan = ctx.data["plan"]
+    boot = blockdev.partition(plan["disk"], int(plan["boot_partition"]))
+    try:
+        with contextlib.suppress(OSError):
+            blockdev.flush_buffers(boot)  # what the writer wrote is read through this device's cache
+        save_progress(ctx.report, boot, state.value)
+    except (OSError, UpgradeError) as exc:
+        log.get().warning("in-progress record not saved", state=state.value, partition=boot, error=str(exc))
+
+
 def _flush_partitions(disk: str) -> None:
     """The whole-disk write bypassed the partitions' caches: drop them and re-read the table."""
     for part in blockdev.partitions(disk):
@@ -164,6 +203,7 @@ def verifying(ctx: Context) -> None:
         f.seek(1080)
         if f.read(2) != b"\x53\xef":
             raise UpgradeError(f"new boot partition {boot} holds no ext4 filesystem")
+    _record_progress(ctx, State.SAVING_CONFIG)  # written in full and verified: the config comes next
 
 
 def saving_config(ctx: Context) -> None:
@@ -216,10 +256,19 @@ def finalizing(ctx: Context) -> None:
     ctx.report.finished_at = time.time()
     syscalls.sync()
     plan = ctx.data["plan"]
-    if profile_of(ctx).writer is Writer.BLOCK:
+    writer = profile_of(ctx).writer
+    jffs2_at = ctx.report.details.get("mtd", {}).get("jffs2_offset")  # where mtd -j put the config
+    if writer is Writer.BLOCK:
         persist(ctx.report, blockdev.partition(plan["disk"], int(plan["boot_partition"])))
-    else:  # MTD and UBI boards have no boot partition for it (yet): the journal and the log keep it
-        log.get().info("upgrade report not persisted", reason="no boot partition on this platform")
+    elif writer is Writer.MTD and jffs2_at is not None:  # appended: the next boot's /overlay shows it
+        save_in_jffs2(ctx.report, plan["disk"], int(jffs2_at))
+    elif writer is Writer.UBI and "ubi_device" in ctx.data:  # the new ubifs rootfs_data, beside the config
+        try:
+            nand.save_file(profile_of(ctx), int(ctx.data["ubi_device"]), report_file(ctx.report))
+        except (OSError, UpgradeError) as exc:
+            log.get().error("report not saved", error=str(exc))
+    else:  # NOR without mtd -j (no config kept): rootfs_data is formatted on the next boot
+        log.get().info("upgrade report not persisted", reason="no new rootfs_data to put it in")
 
 
 def report_failure(ctx: Context) -> None:

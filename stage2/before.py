@@ -12,15 +12,16 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from stage2 import ramfs, report, terminate
+from stage2 import ramfs, report, swu_step, terminate
 from stage2.formats import fwtool
 from stage2.machine import Context, Step
 from stage2.plan import Plan, Target, plan_upgrade
-from stage2.platforms import nand
+from stage2.platforms import flash, nand
 from stage2.platforms.profile import Kind, Profile, Writer, current
 from stage2.report import save_failure
 from stage2.states import State
-from wrtcore import blockdev, cmdline, log, mounts
+from swu import local as swu_local
+from wrtcore import blockdev, cmdline, log, mounts, partitions
 from wrtcore import mtd as mtdio
 from wrtcore.errors import InvalidInput, UpgradeError
 
@@ -79,8 +80,14 @@ def validating(ctx: Context) -> None:
         if profile.kind is Kind.NAND:
             for line in nand.prepare(ctx.image, profile).plan.describe():  # refused here if it cannot fit
                 log.get().info("plan", step=line)
+    if swu_local.is_bundle_file(ctx.image):  # sysupgrade bundle.swu: checked again, must fit (swu_step)
+        if profile.writer is not Writer.BLOCK:
+            raise InvalidInput(".swu bundles are installed by sysupgrade on block-device platforms only",
+                               hint="nothing was written")
+        ctx.data["swu"] = swu_step.prepare(ctx.image, target.disk)
     plan = plan_upgrade(
-        image=ctx.image, image_size=size, payload_length=payload_length(ctx.image), target=target,
+        image=ctx.image, image_size=size, target=target,
+        payload_length=ctx.data["swu"].payload_length if "swu" in ctx.data else payload_length(ctx.image),
         backup=ctx.backup, backup_exists=bool(ctx.backup) and os.path.isfile(ctx.backup or ""),
         env=ctx.env, target_devs=target_devs,
     )
@@ -91,19 +98,15 @@ def validating(ctx: Context) -> None:
 
 def flash_target(profile: Profile) -> tuple[Target, frozenset[int]]:
     """The MTD partition written (NOR: ``PART_NAME``, NAND: ``CI_UBIPART`` else ``rootfs``) and the
-    devices to let go of before writing: its mtdblock, ubiblocks and ubifs mounts (NAND)."""
+    devices to let go of before writing: its mtdblock and every filesystem on the flash."""
     wanted = profile.part_name if profile.kind is Kind.NOR else profile.ubipart
     parts = {p.name: p for p in mtdio.partitions()}
     part = parts.get(wanted) or (parts.get("rootfs") if profile.kind is Kind.NAND else None)
     if part is None:
         raise InvalidInput(f"cannot find MTD partition {wanted}", hint="nothing was written")
-    devs: set[int] = set()
-    blocks = [f"/dev/mtdblock{part.index}"]
-    if profile.kind is Kind.NAND:
-        with contextlib.suppress(OSError):
-            blocks += [f"/dev/{n}" for n in os.listdir("/sys/class/block") if n.startswith("ubiblock")]
-        devs |= {m.dev for m in mounts.read_mountinfo() if m.fstype == "ubifs"}
-    for path in blocks:
+    # the squashfs root (mtdblock of rootfs, or a ubiblock) and the jffs2/ubifs overlay (flash.py)
+    devs = set(flash.held_devices(mounts.read_mountinfo(), flash.ubiblock_devices()))
+    for path in [f"/dev/mtdblock{part.index}"]:
         with contextlib.suppress(OSError):
             devs.add(blockdev.devnum(path))
     return Target(disk=mtdio.find(part.name), size=part.size), frozenset(devs)
@@ -129,7 +132,7 @@ def terminating(ctx: Context) -> None:
 
 def preparing_ramfs(ctx: Context) -> None:
     plan: Plan = ctx.data["plan"]
-    image = ramfs.build(plan.prefix)
+    image = ramfs.build(plan.prefix, extra_modules=(swu_step.MODULE,) if "swu" in ctx.data else ())
     ctx.report.ramfs_bytes = image.bytes
     ctx.data["ramfs"] = image
 
@@ -142,13 +145,29 @@ def handoff_dict(ctx: Context) -> dict[str, Any]:
         "plan": {"payload_length": plan.payload_length, "disk": plan.target.disk, "size": plan.target.size,
                  "boot_partition": plan.target.boot_partition, "root_partition": plan.target.root_partition,
                  "save_partitions": plan.save_partitions, "target_devs": sorted(plan.target_devs),
-                 "platform": ctx.data["platform"].to_dict() if "platform" in ctx.data else None},
+                 "platform": ctx.data["platform"].to_dict() if "platform" in ctx.data else None,
+                 "swu": ctx.data["swu"].to_dict() if "swu" in ctx.data else None},
     }
+
+
+def record_before_write(ctx: Context, plan: Plan) -> None:
+    """The in-progress record (``stage2.report``), saved while the old root is intact, so that a power
+    cut from here on leaves the next boot something to report: in the old boot partition (required: if
+    it cannot be saved, the upgrade stops here with nothing written; a record found there later proves
+    the write had not reached it) and in the old overlay (best effort; it outlives a cut while the boot
+    partition is being overwritten). Block devices only: MTD and UBI boards have no boot partition."""
+    profile: Profile | None = ctx.data.get("platform")
+    if profile is None or profile.writer is not Writer.BLOCK:
+        return
+    partition = partitions.device(plan.target.disk, plan.target.boot_partition)
+    report.save_progress(ctx.report, partition, State.RELEASING_ROOT.value)
+    report.save_overlay_record(ctx.report)
 
 
 def pivoting(ctx: Context) -> None:
     plan: Plan = ctx.data["plan"]
     image: ramfs.RamfsImage = ctx.data["ramfs"]
+    record_before_write(ctx, plan)
     ctx.report.details["pivot_at"] = time.time()
     ctx.report.details["pid1_peak_rss_kb_before_pivot"] = report.peak_rss_kb()
     with open(f"{plan.prefix}/{HANDOFF}", "w") as f:

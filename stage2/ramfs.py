@@ -51,6 +51,7 @@ class RamfsImage:
     bytes: int
     python: str
     sys_path: tuple[str, ...]
+    modules: tuple[str, ...] = ()  # imported after the pivot besides the entry point (a .swu's installer)
 
 
 def elf_interpreter(path: str) -> str | None:
@@ -71,9 +72,11 @@ def elf_interpreter(path: str) -> str | None:
     return None
 
 
-def needed_files(python: str, sys_path: list[str]) -> list[str]:
-    """Ask a clean child interpreter what the post-pivot entry point loads and maps."""
-    code = f"import sys; sys.path[:] = {sys_path!r}\n" + _PROBE.format(entry=ENTRY_MODULE)
+def needed_files(python: str, sys_path: list[str], extra_modules: tuple[str, ...] = ()) -> list[str]:
+    """Ask a clean child interpreter what the post-pivot entry point (and ``extra_modules``, imported
+    lazily after the pivot) loads and maps."""
+    entry = ", ".join((ENTRY_MODULE, *extra_modules))
+    code = f"import sys; sys.path[:] = {sys_path!r}\n" + _PROBE.format(entry=entry)
     res = run.run([python, "-S", "-E", "-c", code])
     files: list[str] = json.loads(res.stdout)
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
@@ -123,11 +126,12 @@ def copy_with_links(path: str, prefix: str) -> int:
     return total
 
 
-def build(prefix: str, *, python: str | None = None, size_mb: int = 256) -> RamfsImage:
+def build(prefix: str, *, python: str | None = None, size_mb: int = 256,
+          extra_modules: tuple[str, ...] = ()) -> RamfsImage:
     """Mount a tmpfs at ``prefix`` and copy the measured file set into it."""
     python = os.path.realpath(python or sys.executable)
     sys_path = [p for p in sys.path if p and os.path.isdir(p)]
-    files = needed_files(python, sys_path)
+    files = needed_files(python, sys_path, extra_modules)
     os.makedirs(prefix, exist_ok=True)
     syscalls.mount("ramfs-stage2", prefix, "tmpfs", syscalls.MS_NOSUID, f"size={size_mb}m,mode=0755")
     total = 0
@@ -141,7 +145,7 @@ def build(prefix: str, *, python: str | None = None, size_mb: int = 256) -> Ramf
     if not os.path.lexists(link):
         os.symlink(python, link)
     kept_path = tuple(p for p in sys_path if os.path.isdir(prefix + p))
-    image = RamfsImage(prefix, len(files), total, python, kept_path)
+    image = RamfsImage(prefix, len(files), total, python, kept_path, extra_modules)
     log.get().info("ramfs built", prefix=prefix, files=len(files), bytes=total)
     check(image)
     return image
@@ -159,8 +163,11 @@ def bootstrap(image: RamfsImage, call: str) -> str:
 
 def check(image: RamfsImage) -> None:
     """Before the pivot: start the ramfs interpreter chrooted into the ramfs and import the entry
-    point. A ramfs that cannot run stage2 fails here, while the old root is still intact."""
-    code = (f"import sys; sys.path[:] = {list(image.sys_path)!r}; import {ENTRY_MODULE}")
+    point, and get a logger (its backend is imported only then: every path after the pivot, the last
+    reboot included, logs). A ramfs that cannot run stage2 fails here, while the old root is intact."""
+    imports = ", ".join((ENTRY_MODULE, *image.modules))
+    code = (f"import sys; sys.path[:] = {list(image.sys_path)!r}; import {imports}; "
+            "from wrtcore import log; log.get()")
     res = run.run(["chroot", image.prefix, image.python, "-S", "-E", "-c", code], check=False)
     if res.returncode != 0:
         err = res.stderr.decode(errors="replace").strip().splitlines()

@@ -3,6 +3,12 @@
 The decision is ``stage2.plan.plan_release``; this module gathers the facts and carries it out. A
 filesystem that refuses to go read-only (EBUSY: a file still open for writing) has its holders
 killed and is tried again; if it still refuses, the upgrade aborts before anything is written.
+
+A flash board's root lives on the partition about to be written (the squashfs on an mtdblock or a
+ubiblock inside ``firmware``/``ubi``): ``check_released`` proves the lazy unmounts really let go of
+those block devices (an exclusive open succeeds only when no filesystem holds them) before the first
+byte is written; the UBI writer could not remove a held ubiblock, and NOR would be rewritten under a
+mounted squashfs.
 """
 
 from __future__ import annotations
@@ -94,3 +100,41 @@ def execute(plan: ReleasePlan) -> dict[str, list[str]]:
                 raise
     log.get().info("old root released", **{k: len(v) for k, v in done.items()})
     return done
+
+
+def block_node(dev: int, sysfs: str = "/sys/dev/block") -> str | None:
+    """``/dev/<name>`` of the block device ``dev``, or None when there is no such block device."""
+    try:
+        with open(f"{sysfs}/{os.major(dev)}:{os.minor(dev)}/uevent") as f:
+            values = dict(line.partition("=")[::2] for line in f.read().splitlines())
+    except OSError:
+        return None
+    name = values.get("DEVNAME")
+    return f"/dev/{name}" if name else None
+
+
+def check_released(devs: frozenset[int]) -> list[str]:
+    """Every block device among ``devs`` opens exclusively (no filesystem holds it any more); raises
+    ``UpgradeError`` (nothing written yet) naming the ones still held. Returns the devices checked."""
+    checked: list[str] = []
+    held: list[str] = []
+    for dev in sorted(devs):
+        node = block_node(dev)
+        if node is None:  # not a block device (ubifs' anonymous number): gone with its unmount
+            continue
+        try:
+            fd = os.open(node, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise UpgradeError(f"cannot check {node}: {exc.strerror}") from exc
+            held.append(node)
+            continue
+        os.close(fd)
+        checked.append(node)
+    if held:
+        raise UpgradeError(f"still in use after the old root was released: {', '.join(held)}",
+                           hint="a filesystem on the flash is still mounted; nothing was written")
+    log.get().info("flash released", devices=checked)
+    return checked

@@ -397,3 +397,16 @@ def open_bundle(stream: BinaryIO) -> Bundle:
         reader.push_back(second)
     return Bundle(description=description, signature=signature, members=reader)
 
+
+
+def is_bundle(head: bytes) -> bool:
+    """Do these first bytes of a file start a ``.swu``: a newc/crc cpio header whose member is
+    ``sw-description`` (needs the first 110 + 15 bytes)?"""
+    if head[:6] not in (NEWC, NEWC_CRC) or len(head) < HEADER_SIZE:
+        return False
+    try:
+        namesize = int(head[94:102], 16)
+    except ValueError:
+        return False
+    name = b"sw-description\0"
+    return namesize == len(name) and head[HEADER_SIZE:HEADER_SIZE + namesize] == name

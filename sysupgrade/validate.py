@@ -46,7 +46,9 @@ Behaviour (V = valid, F = forceable after the check; "-" leaves both as they wer
       (passes with IGNORE_MINOR_COMPAT=1 or -n)           incompatible to the new image (<dev>-><img>).
                                                           Please upgrade without keeping config
                                                           (sysupgrade -n). [+ compat_message]
-    platform_check_image (WRT_PLATFORM, default x86)
+    platform_check_image (WRT_PLATFORM, else nor/nand as detected, else x86)
+      nor: not squashfs/uImage/FIT/TRX              0  1  Invalid image type.
+      nand: no sysupgrade-<board>/CONTROL           0  1  Invalid sysupgrade file.
       unknown platform                              0  1  Firmware upgrade is not implemented for this
                                                           platform (<name>).
       x86: first bytes not eb48/eb63                0  1  Invalid image type
@@ -55,6 +57,11 @@ Behaviour (V = valid, F = forceable after the check; "-" leaves both as they wer
       x86: layout differs from the boot disk's      -  -  Partition layout has changed. Full image will
                                                           be written. (test x86_partition_layout false)
       any platform check returning 74               0  0  (the platform's own)
+
+A ``.swu`` bundle (a newc/crc cpio whose first member is ``sw-description``) is checked instead by
+``swu.local.check_file`` (hardware against ``/etc/hwrevision``, signature against
+``/etc/swupdate/public.pem`` when that exists, every artifact's sha256 and decompression): test
+``swu_bundle``; a failure ("Invalid .swu bundle: <why>") is broken, not forceable.
 
 Deliberate differences from OpenWrt, all stricter: a trailer with a CRC error or an oversized chunk
 fails the test that reads it (OpenWrt's ``fwtool -q`` reports it as "not present", so a damaged image
@@ -81,12 +88,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stage2.formats import fwtool
-from sysupgrade import paths, platform_x86, usign
+from swu import local as swu_local
+from swu.model import SwuError
+from sysupgrade import paths, platform_flash, platform_x86, usign
 
 Say = Callable[[str], None]
 
 TEST_SIGNATURE = "fwtool_signature"
 TEST_DEVICE_MATCH = "fwtool_device_match"
+TEST_SWU_BUNDLE = "swu_bundle"
 DEFAULT_COMPAT = "1.0"
 FORCE_HINT = "Use sysupgrade -F to override this check when downgrading or flashing to vendor firmware"
 
@@ -351,7 +361,19 @@ def platform_check_x86(ctx: Context) -> PlatformOutcome:
     return PlatformOutcome(result.status, tests)
 
 
-PLATFORM_CHECKS: dict[str, PlatformCheck] = {"x86": platform_check_x86}
+def platform_check_nor(ctx: Context) -> PlatformOutcome:
+    """NOR: the image's magic (``sysupgrade.platform_flash``)."""
+    return PlatformOutcome(platform_flash.check_nor(ctx.image, ctx.say))
+
+
+def platform_check_nand(ctx: Context) -> PlatformOutcome:
+    """NAND: the sysupgrade tar with this board's CONTROL (``sysupgrade.platform_flash``)."""
+    board = ctx.read_text(paths.SYSINFO_BOARD_NAME)
+    return PlatformOutcome(platform_flash.check_nand(ctx.image, board, ctx.say))
+
+
+PLATFORM_CHECKS: dict[str, PlatformCheck] = {"x86": platform_check_x86, "nor": platform_check_nor,
+                                             "nand": platform_check_nand}
 DEFAULT_PLATFORM = "x86"
 
 
@@ -375,10 +397,13 @@ def validate_image(image: str, *, env: Mapping[str, str] | None = None, root: st
         verdict.broken()
         return verdict
 
+    if swu_local.is_bundle_file(ctx.image):
+        return validate_bundle(ctx, verdict)
     verdict.record(TEST_SIGNATURE, check_signature(ctx))
     verdict.record(TEST_DEVICE_MATCH, check_image(ctx))
 
-    name = platform or env.get("WRT_PLATFORM") or DEFAULT_PLATFORM
+    name = (platform or env.get("WRT_PLATFORM")
+            or platform_flash.detect(env, paths.rooted(PLATFORM_CONF, ctx.root)) or DEFAULT_PLATFORM)
     check = PLATFORM_CHECKS.get(name)
     if check is None:
         ctx.say(f"Firmware upgrade is not implemented for this platform ({name}).")
@@ -391,6 +416,22 @@ def validate_image(image: str, *, env: Mapping[str, str] | None = None, root: st
         verdict.broken()
     elif outcome.status != PLATFORM_OK:
         verdict.invalid()
+    return verdict
+
+
+def validate_bundle(ctx: Context, verdict: Verdict) -> Verdict:
+    """A ``.swu`` (cpio starting with ``sw-description``): SWUpdate's whole check against this system
+    (``swu.local``) instead of the fwtool and platform checks. A bad bundle is broken: -F cannot force it."""
+    try:
+        result = swu_local.check_file(ctx.image, swu_local.system(ctx.root))
+    except (SwuError, OSError, ValueError) as exc:
+        ctx.say(f"Invalid .swu bundle: {exc}")
+        verdict.tests[TEST_SWU_BUNDLE] = False
+        verdict.broken()
+        return verdict
+    for line in result.describe():
+        ctx.say(line)
+    verdict.note(TEST_SWU_BUNDLE, True)
     return verdict
 
 

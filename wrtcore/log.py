@@ -18,13 +18,12 @@ import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-import structlog
-
 from wrtcore import cmdline
 
 _sinks: list[int] = []
 _journal_fd: int | None = None
 _component = "wrt"
+_light: Any = None  # the console of a light setup (no structlog), or None
 
 
 def _json_sink(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -62,15 +61,23 @@ def channel_from_cmdline() -> int | None:
     return fd
 
 
-def setup(component: str, console: Any = None) -> None:
-    """Configure structlog for this process. Safe to call again (after an exec it must be)."""
-    global _component
+def setup(component: str, console: Any = None, *, light: bool = False) -> None:
+    """Configure structlog for this process. Safe to call again (after an exec it must be).
+
+    ``light``: the same records through the same sinks without importing structlog (seconds of start-up
+    under emulation), for short commands that bind no context variables (``mtd``)."""
+    global _component, _light
     _component = component
     _sinks.clear()
     channel_from_cmdline()
     fd = os.environ.get("WRT_LOG_FD")
     if fd and fd.isdigit():
         _sinks.append(int(fd))
+    _light = (console or sys.stderr) if light else None
+    if light:
+        return
+    import structlog  # lazy: a light setup never pays for it
+
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, _json_sink, _console],
         logger_factory=structlog.PrintLoggerFactory(console or sys.stderr),
@@ -89,7 +96,41 @@ def journal(path: str | None) -> None:
         _journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
+class _LightLogger:
+    """structlog's bound-logger methods over ``_json_sink`` and ``_console``, for a light setup."""
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self._context = context
+
+    def bind(self, **context: Any) -> _LightLogger:
+        return _LightLogger({**self._context, **context})
+
+    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        record = _json_sink(None, method, {"event": event, **self._context, **fields})
+        with contextlib.suppress(OSError, ValueError):
+            _light.write(_console(None, method, record) + "\n")
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+
 def get(**context: Any) -> Any:
+    if _light is not None:
+        return _LightLogger(context)
+    import structlog  # lazy: see setup()
+
     return structlog.get_logger().bind(**context)
 
 

@@ -1,17 +1,16 @@
 """The kernel's MTD character-device interface (``<mtd/mtd-abi.h>``) and ``/proc/mtd``.
 
-Import-light (``fcntl``, ``struct``, ``os``): stage2 uses it after the pivot. Each call is one ioctl on
-an open ``/dev/mtdN`` file descriptor; a failing ioctl raises ``OSError`` naming the request and the
-offset. Constants are named as in the kernel header.
+Import-light (``fcntl``, ``struct``, ``os``; no ``re``, no dataclass): stage2 uses it after the pivot and
+the ``mtd`` command at every start. Each call is one ioctl on an open ``/dev/mtdN`` file descriptor; a
+failing ioctl raises ``OSError`` naming the request and the offset. Constants are named as in the kernel
+header.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import re
 import struct
-from dataclasses import dataclass
 from typing import NamedTuple
 
 # <mtd/mtd-abi.h>: struct mtd_info_user {u8 type; u32 flags, size, erasesize, writesize, oobsize; u64 padding}
@@ -45,8 +44,7 @@ TYPE_NAMES = {MTD_ABSENT: "absent", MTD_RAM: "ram", MTD_ROM: "rom", MTD_NORFLASH
 PROC_MTD = "/proc/mtd"
 
 
-@dataclass(frozen=True)
-class MtdInfo:
+class MtdInfo(NamedTuple):
     """What ``MEMGETINFO`` tells about an MTD device."""
 
     type: int
@@ -133,16 +131,29 @@ def mark_bad(fd: int, offset: int) -> None:
         raise _fail(exc, "MEMSETBADBLOCK", offset) from None
 
 
-_LINE = re.compile(r'^mtd(\d+):\s+([0-9a-fA-F]+)\s+([0-9a-fA-F]+)\s+"(.*)"\s*$')
+def _mtd_number(word: str) -> int | None:
+    """N of ``mtdN``; None for anything else."""
+    digits = word[3:]
+    return int(digits) if word.startswith("mtd") and digits.isascii() and digits.isdigit() else None
 
 
 def parse_partitions(text: str) -> list[Partition]:
-    """The partitions listed in the text of ``/proc/mtd`` (the header line and odd lines skipped)."""
+    """The partitions listed in the text of ``/proc/mtd`` (the header line and odd lines skipped):
+    ``mtdN: <size hex> <erasesize hex> "<name>"``."""
     parts = []
     for line in text.splitlines():
-        m = _LINE.match(line)
-        if m:
-            parts.append(Partition(int(m[1]), m[4], int(m[2], 16), int(m[3], 16)))
+        head, _, rest = line.partition(":")
+        fields = rest.split(None, 2)
+        index = _mtd_number(head)
+        if index is None or len(fields) != 3 or not fields[2].startswith('"'):
+            continue
+        name = fields[2].rstrip()
+        try:
+            size, erasesize = int(fields[0], 16), int(fields[1], 16)
+        except ValueError:
+            continue
+        if name.endswith('"') and len(name) >= 2:
+            parts.append(Partition(index, name[1:-1], size, erasesize))
     return parts
 
 
@@ -169,10 +180,9 @@ def find(name_or_path: str, proc_mtd: str = PROC_MTD) -> str:
             index = part.index
             break
     if index is None:
-        m = re.fullmatch(r"mtd(\d+)", name_or_path)
-        if m is None:
+        index = _mtd_number(name_or_path)
+        if index is None:
             raise FileNotFoundError(f"no MTD partition named {name_or_path!r} in {proc_mtd}")
-        index = int(m[1])
     devfs = f"/dev/mtd/{index}"
     return devfs if os.path.exists(devfs) else f"/dev/mtd{index}"
 

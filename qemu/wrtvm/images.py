@@ -30,6 +30,10 @@ GUEST_TOOLS = tuple(f"/usr/sbin/{t}" for t in (
 
 NOR_ERASE = 64 * 1024
 NOR_SIZE = 96 * 1024 * 1024  # the emulated NOR chip (block2mtd over the VM's disk file)
+# the UBI board: UBI on a flash emulated by block2mtd (NOR-type: 1-byte writes), as the MTD partition
+# "ubi"; nandsim's contents live in guest RAM and would not outlive the reboot (tests/vm/test_nand_cycle.py)
+UBI_PEB = 128 * 1024
+UBI_SIZE = 112 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,14 @@ class Images:
     build_seconds: float
     nor_v1: Path  # NOR sysupgrade images (squashfs, 0xFF, DE AD C0 DE, metadata)
     nor_v2: Path
+    ubi_v1: Path  # the whole flash of a UBI board flashed with 1.0 (volumes kernel, rootfs, rootfs_data)
+    nand_v2: Path  # NAND sysupgrade tar of 2.0 (sysupgrade-<board>/CONTROL, kernel, root; metadata)
+
+
+def kernel_stand_in(version: str) -> bytes:
+    """What the NAND images carry as the kernel (QEMU loads the real one with -kernel): it lands in the
+    ``kernel`` volume, where a test can tell the versions apart."""
+    return f"kernel stand-in for firmware {version}\n".encode() * 1000
 
 
 def digest(kernel: Kernel) -> str:
@@ -70,7 +82,8 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Images:
     where = cache / f"images-{digest(kernel)}"
     v1, v2 = where / "v1.img", where / "v2.img"
     nor_v1, nor_v2 = where / "nor-v1.bin", where / "nor-v2.bin"
-    if not all(p.exists() for p in (v1, v2, nor_v1, nor_v2)):
+    ubi_v1, nand_v2 = where / "ubi-v1.bin", where / "nand-v2.tar"
+    if not all(p.exists() for p in (v1, v2, nor_v1, nor_v2, ubi_v1, nand_v2)):
         work = where / f"work-{os.getpid()}"  # concurrent builds of one digest must not share it
         if work.exists():
             shutil.rmtree(work)
@@ -85,5 +98,13 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Images:
             os.rename(tmp, img)
             disk.nor_image(sq, tmp, erase_size=NOR_ERASE, version=version, board=BOARD)
             os.rename(tmp, nor)
+            stand_in = work / f"kernel-{version}"
+            stand_in.write_bytes(kernel_stand_in(version))
+            if version == "1.0":
+                disk.ubi_flash(stand_in, sq, tmp, peb=UBI_PEB, size=UBI_SIZE)
+                os.rename(tmp, ubi_v1)
+            else:
+                disk.nand_sysupgrade_tar(stand_in, sq, tmp, version=version, board=BOARD)
+                os.rename(tmp, nand_v2)
         shutil.rmtree(work)
-    return Images(v1, v2, BOARD, time.monotonic() - start, nor_v1, nor_v2)
+    return Images(v1, v2, BOARD, time.monotonic() - start, nor_v1, nor_v2, ubi_v1, nand_v2)

@@ -21,10 +21,14 @@ from wrtvm.kernel import CACHE, Kernel
 
 BUSYBOX = "/bin/busybox"
 MODULES = ("virtio_pci", "virtio_blk", "squashfs", "overlay", "loop", "ext4", "i6300esb",
-           "mtdblock", "block2mtd", "jffs2")
-# what the NOR layout needs before the root is mounted: the firmware's partitions, split as OpenWrt's
-# mtdsplit does (rootfs = the squashfs rounded up to an erase block, rootfs_data the rest)
-TOOLS = ("/usr/sbin/mtdpart",)
+           "mtdblock", "block2mtd", "jffs2", "ubi", "zstd", "ubifs")
+# (zstd before ubifs: ubifs sets up every compressor it was built with and fails without this one; ubifs
+# is loaded here because preinit mounts rootfs_data and stage2 the new one after the pivot, where
+# there is no module tree to load it from)
+# what the flash layouts need before the root is mounted: NOR, the firmware's partitions split as
+# OpenWrt's mtdsplit does (rootfs = the squashfs rounded up to an erase block, rootfs_data the rest);
+# UBI, the device attached and a block device over the rootfs volume (OpenWrt: ubiblock + rootfs=)
+TOOLS = ("/usr/sbin/mtdpart", "/usr/sbin/ubiattach", "/usr/sbin/ubiblock")
 # not loaded at boot: a test loads them with ``modprobe`` (parameters vary: nandsim's geometry and bad
 # blocks, block2mtd's device); the VM firmware carries them in its /lib/modules (see images.py)
 ON_DEMAND = ("mtdram", "nandsim", "block2mtd", "mtdblock", "jffs2", "ubi", "ubifs", "zstd", "lzo", "deflate")
@@ -42,12 +46,15 @@ root=
 fstype=squashfs
 init=/sbin/init
 nor=
+ubi=
+# shellcheck disable=SC2013  # the command line is words, not lines
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         root=*) root="${arg#root=}" ;;
         rootfstype=*) fstype="${arg#rootfstype=}" ;;
         init=*) init="${arg#init=}" ;;
         wrt.nor=*) nor="${arg#wrt.nor=}" ;;
+        wrt.ubi=*) ubi="${arg#wrt.ubi=}" ;;
     esac
 done
 wait_for() {
@@ -69,6 +76,21 @@ if [ -n "$nor" ]; then
     mtdpart add /dev/mtd0 rootfs 0 "$rootfs" && \
         mtdpart add /dev/mtd0 rootfs_data "$rootfs" $((total - rootfs)) || echo "initramfs: mtdpart failed"
     root=/dev/mtdblock1
+fi
+if [ -n "$ubi" ]; then
+    # wrt.ubi=<block device>,<erase size>: a flash emulated by block2mtd, named "ubi" (CI_UBIPART),
+    # holding UBI; the root is the squashfs in the volume named rootfs, through a ubiblock
+    wait_for "${ubi%%,*}"
+    echo "$ubi,ubi" > /sys/module/block2mtd/parameters/block2mtd
+    wait_for /dev/mtd0
+    ubiattach -m 0 -d 0 >/dev/null || echo "initramfs: ubiattach failed"
+    vol=
+    for v in /sys/class/ubi/ubi0_*; do
+        [ "$(cat "$v/name" 2>/dev/null)" = rootfs ] && vol=${v##*/}
+    done
+    wait_for "/dev/$vol"
+    ubiblock --create "/dev/$vol" || echo "initramfs: ubiblock $vol failed"
+    root="/dev/ubiblock${vol#ubi}"
 fi
 wait_for "$root"
 mkdir -p /newroot

@@ -2,11 +2,17 @@
 write got. Pure, apart from the two readers at the end (the image's layout, a comparison of
 disk and image).
 
-The x86 image is written to the whole disk in one sequential pass (``stage2.writers.block``, 1 MiB
-chunks): MBR, boot partition, squashfs root, then zeros over rootfs_data's place, up to the image's
-end; then the read-back, the config archive into the new boot partition, the report. ``written``: how
-far the write got, in bytes from the disk's start (the tests know it by construction and check the
-disk against the images on the host). Bytes that are equal in the old and new image cannot tell. The
+The x86 image is written in one sequential pass of 1 MiB chunks (``stage2.writers.block``): partition
+by partition when the layout is unchanged (the tests' images: boot partition, then the root partition:
+squashfs root, zeros over rootfs_data's place), else the whole disk from the MBR on; each part read
+back; then the config archive into the new boot partition, the report. ``written``: how far the write
+got, in bytes from the disk's start (the tests know it by construction and check the
+disk against the images on the host). Bytes that are equal in the old and new image cannot tell.
+
+Stage2's in-progress records (``stage2.report``) say on the next boot how far the upgrade got: saved
+before the write in the old boot partition and the old overlay, in the new boot partition once it is
+written, and again once everything is verified; ``Expected.report_state``/``report_written`` are what
+the next boot's ``interrupted`` report says (``preinit.lastupgrade``). The
 kernel and its command line come from QEMU here (``-kernel``), not from the boot partition: on real x86
 hardware GRUB reads the boot partition, so a cut inside it may also leave a board that does not boot.
 """
@@ -55,6 +61,8 @@ class Expected:
     outcome: Outcome
     config: str  # what the next boot's configuration is
     report: str  # what the next boot shows about the interrupted upgrade
+    report_state: str | None = None  # the interrupted report's failed_state (None: no report, no boot)
+    report_written: str | None = None  # ... and how much it says was written: nothing | partly | all
 
 
 def region_of(layout: Layout, written: int) -> Region:
@@ -69,23 +77,32 @@ def region_of(layout: Layout, written: int) -> Region:
     return Region.DONE
 
 
-NO_REPORT = "no report of this upgrade (a report is written when stage2 reaches an outcome)"
+NOTHING = "interrupted in releasing_root, nothing written (the old boot partition kept its record)"
+BEGUN = ("interrupted in flashing, partly written (the old overlay's record; the boot partition's was "
+         "overwritten)")
+PARTLY = "interrupted in flashing, partly written (the new boot partition's record)"
 
+# the cut before the first byte (pivoted, the old root being released): as a cut in the boot partition,
+# but the old boot partition still holds the record
+BEFORE_WRITE = Expected(Region.BOOT, Outcome.OLD_BOOTS, "as before the upgrade (the overlay is untouched)",
+                        NOTHING, "releasing_root", "nothing")
 EXPECTED: dict[Region, Expected] = {
     Region.BOOT: Expected(Region.BOOT, Outcome.OLD_BOOTS, "as before the upgrade (the overlay is untouched)",
-                          NO_REPORT),
+                          BEGUN, "flashing", "partly"),
     Region.ROOT: Expected(Region.ROOT, Outcome.BRICKED,
                           "none: the root does not mount (the initramfs says so and starts a rescue shell)",
                           "none: nothing boots; recovery is a reflash from outside"),
     Region.ROOT_END: Expected(Region.ROOT_END, Outcome.NEW_BOOTS,
                               "the old overlay if its superblock is still there at the same offset, "
-                              "else defaults", NO_REPORT),
+                              "else defaults", PARTLY, "flashing", "partly"),
     Region.DATA: Expected(Region.DATA, Outcome.NEW_BOOTS,
                           "defaults (rootfs_data's start is zeroed: preinit formats it; the config "
-                          "archive is saved only after the verify)", NO_REPORT),
+                          "archive is saved only after the verify)", PARTLY, "flashing", "partly"),
     Region.DONE: Expected(Region.DONE, Outcome.NEW_BOOTS,
                           "restored if the config archive's rename reached the disk, else defaults "
-                          "(written to .new, fsync'd, renamed: never a partial archive)", NO_REPORT),
+                          "(written to .new, fsync'd, renamed: never a partial archive)",
+                          "interrupted in saving_config, all written (the record saved after the verify)",
+                          "saving_config", "all"),
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -88,6 +89,12 @@ def flash(prepared: Prepared, progress: Progress | None = None) -> dict[str, obj
 
 def save_config(profile: Profile, ubi_number: int, backup: str) -> str:
     return ubiwriter.save_config(ubi.read_device(ubi_number), backup, names_of(profile))
+
+
+def save_file(profile: Profile, ubi_number: int, path: str) -> str:
+    """A file (stage2's report) into the new ``rootfs_data`` beside the config, under its own name."""
+    return ubiwriter.save_config(ubi.read_device(ubi_number), path, names_of(profile),
+                                 name=os.path.basename(path))
 
 
 def main(argv: list[str] | None = None) -> int:

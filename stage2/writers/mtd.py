@@ -1,10 +1,12 @@
 """Streamed, verified writes to MTD flash (NOR and NAND) through the kernel's ioctls: OpenWrt's ``mtd``.
 
 ``write_mtd`` reads the image one erase block at a time (gzip inflated on the fly by
-``stage2.writers.source.Stream``; memory stays at two erase blocks plus the config file), pads the last
-block with 0xFF, and for each block: skips it when NAND marks it bad, erases it, writes it, reads it back
-and compares. On NAND a block that fails to erase, to write or to read back what was written is marked bad
-and the same data goes to the next block; on NOR (no bad-block table) any such failure stops the write.
+``stage2.writers.source.Stream``) into a chunk of ``CHUNK`` bytes, pads the last block with 0xFF, and
+hands the chunk to ``stage2.writers.mtdblocks.Programmer``: on NOR one erase, one write, one read-back
+and one compare per chunk (block by block only to find a failure), on NAND block by block with bad
+blocks skipped and failing ones marked bad. Memory: two chunks (1 MiB each) plus the config file. When
+the image stream breaks, the whole blocks read before the break are written first, as one block at a
+time would have: what the error says was written is so.
 ``jffs2_config`` is ``mtd -j``: at the first erase block of the image that starts ``DE AD C0 DE`` the
 config file is written as jffs2 (``stage2.formats.jffs2``) and as many image blocks are dropped as the
 jffs2 took. ``jffs2write`` appends a file to an existing jffs2 (``mtd jffs2write``), ``verify_mtd``
@@ -15,44 +17,40 @@ written). Everything else raises ``MtdError``: ``offset`` is the byte offset in 
 happened and ``written`` whether the device had been changed (erased or written) before.
 
 The writer drives any object with the ``Flash`` methods: ``wrtcore.mtd.Device`` on a real device.
-Runs after the pivot in a minimal ramfs: standard library and ``wrtcore`` only.
+Runs after the pivot in a minimal ramfs and as the ``mtd`` command, whose start-up counts: standard
+library and ``wrtcore`` only, and the jffs2 format and ``hashlib`` imported when they are used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from stage2.formats import jffs2
+from stage2.writers.mtdblocks import Flash, MtdError, Programmer, first_difference
 from stage2.writers.source import SourceError, Stream, source_size
 from wrtcore import log
 from wrtcore import mtd as mtdio
-from wrtcore.errors import InvalidInput, WriteError
+from wrtcore.errors import InvalidInput
+
+__all__ = ["CHUNK", "Flash", "MtdError", "MtdReport", "VerifyReport", "erase_flash", "erase_mtd",
+           "jffs2write", "jffs2write_flash", "open_device", "unlock_mtd", "verify_flash", "verify_mtd",
+           "write_flash", "write_mtd"]
+
+if TYPE_CHECKING:
+    from stage2.formats.jffs2 import Endian, FileMeta
 
 Progress = Callable[[int, int | None], None]
-
-
-class MtdError(WriteError):
-    """A failure on the flash: ``offset`` in the device, ``written``: the device was changed before it."""
-
-
-class Flash(Protocol):
-    info: mtdio.MtdInfo
-
-    def erase(self, offset: int, length: int) -> None: ...
-    def unlock(self, offset: int, length: int) -> None: ...
-    def is_bad(self, offset: int) -> bool: ...
-    def mark_bad(self, offset: int) -> None: ...
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> int: ...
-    def read(self, offset: int, into: bytearray | memoryview) -> int: ...
+CHUNK = 1 << 20  # bytes per erase/write/read-back call on NOR (fewer calls; measured best in the VM)
 
 
 @dataclass(frozen=True)
 class MtdReport:
+    """What ``write_mtd`` did (a dataclass: callers ``asdict()`` it into their reports)."""
+
     device: str
     bytes_written: int  # bytes programmed into the flash (whole erase blocks)
     image_bytes: int  # bytes of the image read (after inflating)
@@ -62,10 +60,12 @@ class MtdReport:
     jffs2_offset: int | None  # where the jffs2 config was written; None: not asked, or no marker found
     duration: float
     compressed: bool = False
+    verify_seconds: float = 0.0  # of ``duration``: reading back and comparing
 
 
-@dataclass(frozen=True)
-class VerifyReport:
+class VerifyReport(NamedTuple):
+    """What ``verify_mtd`` found (a NamedTuple: a dataclass costs a compile at every start of ``mtd``)."""
+
     device: str
     bytes_compared: int
     image_md5: str
@@ -77,114 +77,9 @@ class VerifyReport:
         return self.first_difference is None
 
 
-@dataclass
-class _Put:
-    """Puts erase blocks on the flash one after another: skip bad, erase, write, read back, compare."""
+def _config(path: str) -> tuple[FileMeta | None, bytes]:
+    from stage2.formats import jffs2
 
-    flash: Flash
-    name: str
-    end: int
-    skip_bad: bool = True
-    erase: bool = True
-    quiet: bool = False
-    changed: bool = False
-    blocks_erased: int = 0
-    blocks_written: int = 0
-    skipped: list[int] = field(default_factory=list)
-    marked: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.size = self.flash.info.erasesize
-        self.nand = self.flash.info.nand
-        self.back = bytearray(self.size)
-
-    def block(self, data: bytes | bytearray | memoryview, pos: int) -> int:
-        """Write one erase block at the first usable block from ``pos``; returns the offset after it."""
-        while True:
-            if pos + self.size > self.end:
-                raise MtdError("Insufficient space: the image does not fit the device", offset=pos,
-                               written=self.changed, hint=f"device ends at {self.end}")
-            if self.nand and self.skip_bad and self._is_bad(pos):
-                self.skipped.append(pos)
-                log.get().info("mtd_write", note=f"Skipping bad block at 0x{pos:08x}", offset=pos)
-                pos += self.size
-                continue
-            failure = self._program(data, pos)
-            if failure is None:
-                self.blocks_written += 1
-                return pos + self.size
-            if not self.nand:
-                raise failure
-            self._retire(pos, failure)
-            pos += self.size
-
-    def _is_bad(self, pos: int) -> bool:
-        try:
-            return self.flash.is_bad(pos)
-        except OSError as exc:
-            raise MtdError(f"Failed to get erase block status: {exc.strerror}", offset=pos,
-                           written=self.changed) from exc
-
-    def _program(self, data: bytes | bytearray | memoryview, pos: int) -> MtdError | None:
-        """Erase, write and read back one block; the failure, or None."""
-        if self.erase:
-            try:
-                self.flash.erase(pos, self.size)
-            except OSError as exc:
-                self.changed = True  # a failed erase may have cleared part of the block
-                return MtdError(f"Failed to erase block: {exc.strerror}", offset=pos, written=True)
-            self.changed = True
-            self.blocks_erased += 1
-        try:
-            n = self.flash.write(pos, data)
-        except OSError as exc:
-            self.changed = True
-            return MtdError(f"Error writing image: {exc.strerror}", offset=pos, written=True)
-        self.changed = True
-        if n != self.size:
-            return MtdError(f"Short write: {n} of {self.size} bytes", offset=pos + n, written=True)
-        try:
-            got = self.flash.read(pos, self.back)
-        except OSError as exc:
-            return MtdError(f"Read-back failed: {exc.strerror}", offset=pos, written=True)
-        if got != self.size or self.back != data:
-            at = _first_difference(self.back[:got], data)
-            return MtdError("Verify failed: the flash does not hold what was written", offset=pos + at,
-                            written=True)
-        return None
-
-    def _retire(self, pos: int, failure: MtdError) -> None:
-        log.get().warning("mtd_write", note=f"marking block at 0x{pos:08x} bad", error=failure.message)
-        try:
-            self.flash.mark_bad(pos)
-        except OSError as exc:
-            # Writing the marker into a block that refuses programs fails too, while the kernel's bad
-            # block table has taken it (nand_block_markbad_lowlevel): what counts is that it reads bad.
-            if self._is_bad(pos):
-                log.get().warning("mtd_write", note="marker not written, block in the bad block table",
-                                  offset=pos, error=exc.strerror)
-                self.marked.append(pos)
-                return
-            raise MtdError(f"{failure.message}; marking the block bad failed: {exc.strerror}", offset=pos,
-                           written=True) from exc
-        self.marked.append(pos)
-
-
-def _first_difference(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # bisect on slices: C-speed compares, O(log n) of them
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] != b[lo:mid]:
-            hi = mid
-        else:
-            lo = mid
-    return lo
-
-
-def _config(path: str) -> tuple[jffs2.FileMeta | None, bytes]:
     try:
         st = os.stat(path)
         with open(path, "rb") as f:
@@ -197,9 +92,33 @@ def _config(path: str) -> tuple[jffs2.FileMeta | None, bytes]:
     return meta, data
 
 
+class _Jffs2Config:
+    """``mtd -j``: watches the image's blocks for the first ``DE AD C0 DE`` one (after ``skip`` bytes)
+    and makes the jffs2 blocks of the config file that replace it and the blocks after it."""
+
+    def __init__(self, path: str, skip: int, erasesize: int, endian: Endian) -> None:
+        from stage2.formats import jffs2
+
+        self.jffs2, self.path, self.skip, self.erasesize, self.endian = jffs2, path, skip, erasesize, endian
+        self.numbers = jffs2.Numbers()
+        self.pending = True  # no marker met yet
+
+    def blocks_at(self, block: memoryview, written: int) -> list[bytes] | None:
+        """The jffs2 blocks to write in place of ``block`` (the image's block after ``written`` bytes), or
+        None: write the image's block."""
+        if not self.pending or written < self.skip:
+            return None
+        if block[:len(self.jffs2.EOF_MARKER)] != self.jffs2.EOF_MARKER:
+            self.jffs2.scan_block(block, self.numbers, "", self.endian)
+            return None
+        self.pending = False
+        meta, data = _config(self.path)
+        return self.jffs2.config_blocks(meta, data, self.erasesize, self.endian, self.numbers)
+
+
 def write_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int = 0, length: int | None = None,
                 jffs2_config: str | None = None, jffs2_skip: int = 0, skip_bad: bool = True,
-                erase: bool = True, endian: jffs2.Endian = jffs2.NATIVE,
+                erase: bool = True, endian: Endian = sys.byteorder,
                 progress: Progress | None = None) -> MtdReport:
     """``write_mtd`` on an open ``Flash``."""
     size = flash.info.erasesize
@@ -218,13 +137,11 @@ def write_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int =
     if total is not None and jffs2_config is None and offset + -(-total // size) * size > flash.info.size:
         raise MtdError("Insufficient space: the image does not fit the device", offset=offset, written=False,
                        hint=f"{total} bytes at {offset}, device size {flash.info.size}")
-    meta, data = _config(jffs2_config) if jffs2_config is not None else (None, b"")
-    put = _Put(flash, name, flash.info.size, skip_bad=skip_bad, erase=erase)
-    numbers = jffs2.Numbers()
-    chunk = bytearray(size)
-    view = memoryview(chunk)
-    pos, image_bytes, discard, jffs2_at = offset, 0, 0, None
-    want_config = jffs2_config is not None
+    config = _Jffs2Config(jffs2_config, jffs2_skip, size, endian) if jffs2_config is not None else None
+    put = Programmer(flash, name, flash.info.size, skip_bad=skip_bad, erase=erase)
+    per = max(1, CHUNK // size)
+    view = memoryview(bytearray(per * size))
+    pos, image_bytes, discard, jffs2_at, held = offset, 0, 0, None, 0  # held: blocks in view not written
     started = time.monotonic()
     log.get().info("mtd_write", device=name, offset=offset, size=total, erasesize=size,
                    type=flash.info.type_name, compressed=stream.compressed)
@@ -233,45 +150,50 @@ def write_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int =
     except OSError as exc:
         raise MtdError(f"unlock failed: {exc.strerror}", offset=offset, written=False) from exc
     while True:
+        slot = view[held * size:(held + 1) * size]
         try:
-            n = stream.fill(view)
+            n = stream.fill(slot)
         except SourceError as exc:
+            pos = put.run(view[:held * size], pos)  # the blocks read before the break, as block by block
             raise MtdError(f"image stream broke: {exc}", offset=pos, written=put.changed) from exc
-        if n == 0:
-            break
+        except Exception:  # the source's own error (a hash mismatch of an archive member, ...): the same
+            put.run(view[:held * size], pos)
+            raise
         image_bytes += n
-        if n < size:
-            view[n:] = b"\xff" * (size - n)
-        if discard:
+        if 0 < n < size:
+            slot[n:] = b"\xff" * (size - n)
+        done = False  # blocks went to the flash: progress
+        if n and discard:
             discard -= 1
-            continue
-        if want_config and put.blocks_written * size >= jffs2_skip:
-            if chunk.startswith(jffs2.EOF_MARKER):
-                blocks = jffs2.config_blocks(meta, data, size, endian, numbers)
-                log.get().info("mtd_write", note=f"Appending jffs2 data from {jffs2_config} to {name}")
-                for i, block in enumerate(blocks):
-                    at = put.block(block, pos)
-                    if i == 0:
-                        jffs2_at = at - size
-                    pos = at
-                discard, want_config = len(blocks) - 1, False
-                continue
-            jffs2.scan_block(chunk, numbers, "", endian)
-        pos = put.block(view, pos)
-        if progress is not None:
+        elif n and config and (blocks := config.blocks_at(slot, (put.blocks_written + held) * size)):
+            pos, held = put.run(view[:held * size], pos), 0
+            log.get().info("mtd_write", note=f"Appending jffs2 data from {jffs2_config} to {name}")
+            for i, block in enumerate(blocks):
+                pos = put.block(block, pos)
+                jffs2_at = pos - size if i == 0 else jffs2_at
+            discard, done = len(blocks) - 1, True
+        elif n:
+            held += 1
+        if held == per or (n < size and held):
+            pos, held, done = put.run(view[:held * size], pos), 0, True
+        if progress is not None and (done or n < size):  # n < size: the end (dropped blocks too)
             progress(image_bytes, total)
+        if n < size:
+            break
     if length is not None and image_bytes < length:
         raise MtdError(f"image truncated: {image_bytes} bytes, expected {length}", offset=pos,
                        written=put.changed)
     if image_bytes == 0:
         raise InvalidInput("empty image: nothing to write")
-    if want_config:
+    if config is not None and config.pending:
         log.get().warning("mtd_write", note="no DE AD C0 DE marker in the image: configuration not appended")
     report = MtdReport(name, put.blocks_written * size, image_bytes, put.blocks_erased, tuple(put.skipped),
-                       tuple(put.marked), jffs2_at, time.monotonic() - started, stream.compressed)
+                       tuple(put.marked), jffs2_at, time.monotonic() - started, stream.compressed,
+                       put.verify_seconds)
     log.get().info("mtd_write", device=name, result="ok", bytes=report.bytes_written,
                    bad_skipped=len(report.bad_skipped), bad_marked=len(report.bad_marked),
-                   jffs2_offset=jffs2_at, duration=round(report.duration, 4))
+                   jffs2_offset=jffs2_at, duration=round(report.duration, 4),
+                   verify_seconds=round(report.verify_seconds, 4))
     return report
 
 
@@ -290,7 +212,7 @@ def open_device(device: str, write: bool = True) -> mtdio.Device:
 def write_mtd(source: BinaryIO, device: str, *, offset: int = 0, length: int | None = None,
               jffs2_config: str | None = None, skip_bad: bool = True,
               progress: Progress | None = None, jffs2_skip: int = 0, erase: bool = True,
-              endian: jffs2.Endian = jffs2.NATIVE) -> MtdReport:
+              endian: Endian = sys.byteorder) -> MtdReport:
     """Write the image from ``source`` to the MTD ``device`` (``firmware``, ``mtd3``, ``/dev/mtd3``) at
     ``offset`` (a multiple of the erase size), every block erased, written, read back and compared.
 
@@ -298,7 +220,7 @@ def write_mtd(source: BinaryIO, device: str, *, offset: int = 0, length: int | N
     config archive to write as jffs2 at the first erase block of the image starting ``DE AD C0 DE``, once
     ``jffs2_skip`` bytes have been written (``mtd -j``, ``-s``). ``skip_bad``: skip NAND blocks marked bad.
     ``erase`` False is ``mtd -n``. ``endian``: byte order of the jffs2 (the target CPU's; default this
-    machine's). ``progress(done, total)`` after each block, ``total`` None when unknown.
+    machine's). ``progress(done, total)`` after each chunk, ``total`` None when unknown.
     """
     with open_device(device) as flash:
         return write_flash(source, flash, name=device, offset=offset, length=length,
@@ -309,12 +231,15 @@ def write_mtd(source: BinaryIO, device: str, *, offset: int = 0, length: int | N
 def verify_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int = 0,
                  length: int | None = None, skip_bad: bool = True) -> VerifyReport:
     """``verify_mtd`` on an open ``Flash``."""
+    import hashlib
+
     size = flash.info.erasesize
     try:
         stream = Stream(source, length)
     except SourceError as exc:
         raise InvalidInput(f"cannot read image: {exc}") from exc
-    image, back = bytearray(size), bytearray(size)
+    per = 1 if flash.info.nand and skip_bad else max(1, CHUNK // size)  # NAND: bad blocks between
+    image, back = bytearray(per * size), bytearray(per * size)
     md5_image, md5_flash = hashlib.md5(), hashlib.md5()
     pos, compared, first = offset, 0, None
     while True:
@@ -324,7 +249,7 @@ def verify_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int 
             raise InvalidInput(f"cannot read image: {exc}") from exc
         if n == 0:
             break
-        while flash.info.nand and skip_bad and pos < flash.info.size and flash.is_bad(pos):
+        while per == 1 and flash.info.nand and pos < flash.info.size and flash.is_bad(pos):
             pos += size
         if pos + n > flash.info.size:
             raise MtdError("device shorter than the image", offset=flash.info.size, written=False)
@@ -334,10 +259,11 @@ def verify_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int 
             raise MtdError(f"read failed: {exc.strerror}", offset=pos, written=False) from exc
         md5_image.update(memoryview(image)[:n])
         md5_flash.update(memoryview(back)[:got])
-        if first is None and (got != n or back[:n] != image[:n]):
-            first = pos + _first_difference(back[:got], image[:n])
+        same = back == image if n == got == len(image) else back[:got] == image[:n]
+        if first is None and not same:
+            first = pos + first_difference(back[:got], image[:n])
         compared += n
-        pos += size
+        pos += per * size
     return VerifyReport(name, compared, md5_image.hexdigest(), md5_flash.hexdigest(), first)
 
 
@@ -350,8 +276,10 @@ def verify_mtd(source: BinaryIO, device: str, *, offset: int = 0, length: int | 
 
 
 def jffs2write_flash(path: str, flash: Flash, *, name: str = "", directory: str = "",
-                     endian: jffs2.Endian = jffs2.NATIVE) -> MtdReport:
+                     endian: Endian = sys.byteorder) -> MtdReport:
     """``jffs2write`` on an open ``Flash``."""
+    from stage2.formats import jffs2
+
     size = flash.info.erasesize
     block = bytearray(size)
     numbers = jffs2.Numbers(target_ino=0 if directory else jffs2.ROOT_INO)
@@ -381,16 +309,16 @@ def jffs2write_flash(path: str, flash: Flash, *, name: str = "", directory: str 
         flash.unlock(pos, flash.info.size - pos)
     except OSError as exc:
         raise MtdError(f"unlock failed: {exc.strerror}", offset=pos, written=False) from exc
-    put = _Put(flash, name, flash.info.size)
+    put = Programmer(flash, name, flash.info.size)
     at = pos
     for b in blocks:
         pos = put.block(b, pos)
     return MtdReport(name, put.blocks_written * size, len(data), put.blocks_erased, tuple(put.skipped),
-                     tuple(put.marked), at, time.monotonic() - started)
+                     tuple(put.marked), at, time.monotonic() - started, verify_seconds=put.verify_seconds)
 
 
 def jffs2write(path: str, device: str, *, directory: str = "",
-               endian: jffs2.Endian = jffs2.NATIVE) -> MtdReport:
+               endian: Endian = sys.byteorder) -> MtdReport:
     """Append the file ``path`` to the jffs2 on ``device`` (in ``directory`` of its root, created when
     missing), after its last jffs2 block, followed by a new end-of-filesystem block."""
     with open_device(device) as flash:
@@ -406,6 +334,13 @@ def erase_flash(flash: Flash, *, name: str = "", skip_bad: bool = True) -> MtdRe
         flash.unlock(0, flash.info.size)
     except OSError as exc:
         raise MtdError(f"unlock failed: {exc.strerror}", offset=0, written=False) from exc
+    if not flash.info.nand:  # one call; block by block only to find what fails
+        try:
+            flash.erase(0, flash.info.size)
+            return MtdReport(name, 0, 0, flash.info.size // size, (), (), None, time.monotonic() - started)
+        except OSError as exc:
+            log.get().warning("mtd_erase", note="erasing the whole device failed, block by block",
+                              error=exc.strerror)
     for pos in range(0, flash.info.size, size):
         if flash.info.nand and skip_bad and flash.is_bad(pos):
             skipped.append(pos)

@@ -249,6 +249,11 @@ def write_nand(index: nand_tar.SysupgradeTar, dev: ubi.Device, plan: NandPlan,
     for volume, member_name in plan.writes:
         vol = _vol(dev, volume)
         node = ubi.ensure_node(vol.node, vol.devnum)
+        try:  # a kept volume still has its ubiblock (a resized or new one lost it in apply_ops)
+            ubi.remove_ubiblock(dev.number, vol.vol_id, node)
+        except OSError as exc:
+            raise WriteError(f"UBI: cannot remove the ubiblock of {volume}: {exc}", offset=0,
+                             written=True) from exc
         member = members[member_name]
         with log.step("ubi update", volume=volume, bytes=member.size), \
                 nand_tar.open_member(index.path, member) as src:
@@ -256,9 +261,11 @@ def write_nand(index: nand_tar.SysupgradeTar, dev: ubi.Device, plan: NandPlan,
     return reports
 
 
-def save_config(dev: ubi.Device, backup: str, names: Names = Names(), mnt: str = "/tmp/new_root") -> str:
+def save_config(dev: ubi.Device, backup: str, names: Names = Names(), mnt: str = "/tmp/new_root",
+                name: str = CONFIG_NAME) -> str:
     """``nand_restore_config``: ``backup`` into the ubifs of ``rootfs_data`` (else ``rootfs``) as
-    ``sysupgrade.tgz``; mounted again read-only afterwards and compared with ``backup``."""
+    ``name`` (``sysupgrade.tgz``; stage2's report goes the same way); fsync'd, unmounted, mounted again
+    read-only afterwards and compared with ``backup``."""
     vol = dev.volume(names.data) or dev.volume(names.rootfs)
     if vol is None:
         raise UpgradeError("cannot find ubifs data volume")
@@ -269,7 +276,7 @@ def save_config(dev: ubi.Device, backup: str, names: Names = Names(), mnt: str =
     except OSError as exc:
         raise UpgradeError(f"cannot mount ubifs volume {vol.name}: {exc.strerror}") from exc
     try:
-        dst = f"{mnt}/{CONFIG_NAME}"
+        dst = f"{mnt}/{name}"
         shutil.copyfile(backup, dst)
         with open(dst, "rb+") as f:
             os.fsync(f.fileno())
@@ -280,10 +287,10 @@ def save_config(dev: ubi.Device, backup: str, names: Names = Names(), mnt: str =
         syscalls.umount(mnt)
     syscalls.mount(source, mnt, "ubifs", syscalls.MS_RDONLY)
     try:
-        with open(f"{mnt}/{CONFIG_NAME}", "rb") as a, open(backup, "rb") as b:
+        with open(f"{mnt}/{name}", "rb") as a, open(backup, "rb") as b:
             if a.read() != b.read():
                 raise UpgradeError(f"configuration archive read back from {source} differs from {backup}")
     finally:
         syscalls.umount(mnt)
-    log.get().info("configuration saved", volume=source)
+    log.get().info("configuration saved" if name == CONFIG_NAME else "file saved", volume=source, name=name)
     return source

@@ -49,3 +49,55 @@ def test_a_device_that_is_not_mtd_is_refused(tmp_path: Path) -> None:
 def test_an_unknown_label_is_refused() -> None:
     code, err = run(["erase", "no-such-partition-label"])
     assert code == 1 and "Could not open mtd device: no-such-partition-label" in err
+
+
+@pytest.mark.parametrize("argv", [["-qq", "-p65536", "write", "-", "fw"], ["-e", "a", "-eb", "-nr", "erase"],
+                                  ["--", "-q", "x"], ["-q", "-", "x"], ["write", "-q", "x"], ["-j"],
+                                  ["-qz", "x"], ["-f", "-s", "0x10", "-d", "etc", "jffs2write", "f", "d"]])
+def test_option_parsing_is_getopts(argv: list[str]) -> None:
+    """The hand-written parser (getopt imports gettext: seconds under emulation) against getopt itself."""
+    import getopt
+    try:
+        expected: object = getopt.getopt(argv, "frnqe:d:s:j:p:")
+    except getopt.GetoptError as exc:
+        expected = str(exc)
+    try:
+        got: object = cli.options(argv)
+    except cli.Usage as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_the_command_imports_no_heavy_module() -> None:
+    """Start-up is most of a small write under emulation: structlog alone takes seconds there."""
+    import subprocess
+    import sys
+    code = ("import sys; from mtdtool import cli; from wrtcore import log; log.setup('mtd', light=True); "
+            "log.get().info('x'); print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                env={"PATH": "/usr/bin:/bin"}).stdout.split())
+    assert "mtdtool.cli" in loaded and "stage2.writers.mtd" in loaded
+    heavy = {"structlog", "getopt", "gettext", "ctypes", "subprocess", "threading", "hashlib",
+             "stage2.formats.jffs2", "asyncio"}
+    assert loaded & heavy == set()
+
+
+def test_light_log_records_are_structlogs(tmp_path: Path) -> None:
+    """The light mode writes the same JSON records as the structlog set-up (time stamps aside)."""
+    import json
+    import subprocess
+    import sys
+    records = []
+    for light in (False, True):
+        out = tmp_path / f"log-{light}.jsonl"
+        code = ("import io; from wrtcore import log; "
+                f"log.setup('mtd', console=io.StringIO(), light={light}); "
+                "log.get(a=1).bind(b=2).warning('ev', progress={'done': 1, 'total': 2}, c='x')")
+        with open(out, "wb") as sink:
+            subprocess.run([sys.executable, "-c", code], check=True, pass_fds=(sink.fileno(),),
+                           env={"PATH": "/usr/bin:/bin", "WRT_LOG_FD": str(sink.fileno())})
+        (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+        record.pop("ts")
+        records.append(record)
+    assert records[0] == records[1]
+    assert records[1]["event"] == "ev" and records[1]["level"] == "warning" and records[1]["c"] == "x"

@@ -35,16 +35,22 @@ class FakeFlash:
         self.fail_write: set[int] = set()
         self.fail_mark: set[int] = set()
         self.corrupt: dict[int, int] = {}  # device offset -> byte the flash keeps instead of the one written
+        self.flaky: set[int] = set()  # device offsets corrupted by the first write over them only
         self.marked: list[int] = []
         self.erased: list[int] = []
+        self.calls: list[tuple[str, int, int]] = []  # (erase|write|read, offset, length)
         self.unlocked = False
 
     def erase(self, offset: int, length: int) -> None:
-        assert offset % E == 0 and length == E
-        if offset in self.fail_erase:
-            raise OSError(5, "Input/output error")
-        os.pwrite(self.fd, b"\xff" * length, offset)
-        self.erased.append(offset)
+        """Block after block, as the drivers do: the blocks before a failing one are erased."""
+        assert offset % E == 0 and length % E == 0 and length > 0
+        assert not self.info.nand or length == E, "a NAND range may hold a bad block: one at a time"
+        self.calls.append(("erase", offset, length))
+        for at in range(offset, offset + length, E):
+            if at in self.fail_erase:
+                raise OSError(5, "Input/output error")
+            os.pwrite(self.fd, b"\xff" * E, at)
+            self.erased.append(at)
 
     def unlock(self, offset: int, length: int) -> None:
         self.unlocked = True
@@ -61,7 +67,12 @@ class FakeFlash:
             raise OSError(5, "Input/output error")
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
-        if offset in self.fail_write:
+        """A failing block fails a write that covers it; the blocks before it are programmed."""
+        self.calls.append(("write", offset, len(data)))
+        failing = [at for at in self.fail_write if offset <= at < offset + len(data)]
+        if failing:
+            if min(failing) > offset:
+                self.write(offset, data[:min(failing) - offset])
             raise OSError(5, "Input/output error")
         n = min(len(data), self.info.size - offset)
         old = os.pread(self.fd, n, offset)
@@ -69,10 +80,14 @@ class FakeFlash:
         for at, value in self.corrupt.items():
             if offset <= at < offset + n:
                 new[at - offset] = value
+        for at in [at for at in self.flaky if offset <= at < offset + n]:
+            new[at - offset] ^= 0x01
+            self.flaky.discard(at)
         os.pwrite(self.fd, new, offset)
         return n
 
     def read(self, offset: int, into: bytearray | memoryview) -> int:
+        self.calls.append(("read", offset, len(into)))
         data = os.pread(self.fd, len(into), offset)
         into[:len(data)] = data
         return len(data)
@@ -196,7 +211,8 @@ def test_nor_erase_or_write_failure_has_its_offset(nor: FakeFlash, fault: str, m
         writer.write_flash(src(os.urandom(4 * E)), nor)
     assert (exc.value.offset, exc.value.written) == (2 * E, True)
     assert message in str(exc.value)
-    assert nor.content()[3 * E:] == b"\x5a" * (5 * E)  # nothing after the failing block was touched
+    assert nor.content()[4 * E:] == b"\x5a" * (4 * E)  # nothing after the image's range was touched
+    assert nor.content()[3 * E:4 * E] in (b"\x5a" * E, b"\xff" * E)  # at most erased with the chunk
 
 
 def test_nor_verify_mismatch_has_the_byte_offset(nor: FakeFlash) -> None:
@@ -336,3 +352,82 @@ def test_proc_mtd_parsing_and_find(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         mtdio.find("nosuch", str(proc))
     assert mtdio.partitions(str(tmp_path / "absent")) == []
+
+
+def test_nor_chunks_take_one_erase_write_and_read_each(tmp_path: Path) -> None:
+    per = writer.CHUNK // E
+    flash = FakeFlash(tmp_path / "nor", per + 8)
+    image = os.urandom((per + 3) * E + 10)
+    report = writer.write_flash(src(image), flash)
+    assert flash.content()[:len(image)] == image
+    assert flash.calls == [("erase", 0, per * E), ("write", 0, per * E), ("read", 0, per * E),
+                           ("erase", per * E, 4 * E), ("write", per * E, 4 * E), ("read", per * E, 4 * E)]
+    assert (report.blocks_erased, report.bytes_written) == (per + 4, (per + 4) * E)
+    assert 0 < report.verify_seconds <= report.duration
+
+
+def test_nor_chunk_failure_redone_block_by_block(nor: FakeFlash) -> None:
+    nor.flaky = {2 * E + 5}  # the chunk's read-back differs once; the block-by-block pass writes it right
+    image = os.urandom(4 * E)
+    report = writer.write_flash(src(image), nor)
+    assert nor.content()[:4 * E] == image
+    assert report.blocks_erased == 4 and report.bytes_written == 4 * E
+    assert [c for c in nor.calls if c[0] == "erase"] == [("erase", 0, 4 * E)] + [
+        ("erase", b * E, E) for b in range(4)]
+
+
+def test_nand_blocks_one_at_a_time(nand: FakeFlash) -> None:
+    image = os.urandom(3 * E)
+    report = writer.write_flash(src(image), nand)
+    assert {length for _op, _at, length in nand.calls} == {E}
+    assert report.verify_seconds > 0
+
+
+def test_source_error_writes_the_blocks_read_before_it(nor: FakeFlash) -> None:
+    class Breaks(Pipe):
+        def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+            n = super().readinto(b)
+            if n == 0:
+                raise ValueError("member hash mismatch")
+            return n
+
+    image = os.urandom(2 * E + 100)
+    with pytest.raises(ValueError, match="hash mismatch"):
+        writer.write_flash(cast(BinaryIO, Breaks(image)), nor)
+    assert nor.content()[:2 * E] == image[:2 * E]  # the whole blocks before the break, as block by block
+    assert nor.content()[2 * E:] == b"\x5a" * (6 * E)
+
+
+def test_nor_erase_command_is_one_call_unless_it_fails(nor: FakeFlash) -> None:
+    report = writer.erase_flash(nor)
+    assert report.blocks_erased == 8 and nor.calls == [("erase", 0, 8 * E)]
+    assert nor.content() == b"\xff" * (8 * E)
+    nor.fail_erase = {5 * E}
+    with pytest.raises(MtdError) as exc:
+        writer.erase_flash(nor)
+    assert exc.value.offset == 5 * E
+
+
+def test_proc_mtd_odd_lines_parse_as_the_format_says() -> None:
+    """Without ``re`` (start-up): checked against a regex of the kernel's line format."""
+    import re
+    lines = ['dev:    size   erasesize  name', 'mtd0: 00040000 00010000 "u-boot"',
+             'mtd12: 00e80000 00020000 ""',
+             'mtd3: 00010000 00010000 "two  spaces" ', 'mtd4: 0001000 00010000 "a "quoted" name"',
+             'mtdx: 00010000 00010000 "bad"', 'mtd5: 0001zz00 00010000 "bad"', 'mtd6: 00010000 00010000 bad',
+             'mtd7: 00010000 00010000 "unterminated', 'mtd8 00010000 00010000 "nocolon"', '', 'garbage']
+    line = re.compile(r'^mtd(\d+):\s+([0-9a-fA-F]+)\s+([0-9a-fA-F]+)\s+"(.*)"\s*$')
+    expected = [(int(m[1]), m[4], int(m[2], 16), int(m[3], 16)) for m in map(line.match, lines) if m]
+    assert mtdio.parse_partitions("\n".join(lines)) == expected
+    assert len(expected) == 4
+
+
+def test_progress_reaches_the_end_when_the_config_takes_the_end(nor: FakeFlash, tmp_path: Path) -> None:
+    config = tmp_path / "sysupgrade.tgz"
+    config.write_bytes(b"cfg" * 10)
+    image = _image_with_marker(2, 4)  # 2 blocks of image, 2 marker blocks: the config takes their place
+    seen: list[tuple[int, int | None]] = []
+    report = writer.write_flash(src(image[:4 * E]), nor, jffs2_config=str(config),
+                                progress=lambda d, t: seen.append((d, t)))
+    assert report.jffs2_offset == 2 * E
+    assert seen[-1] == (4 * E, 4 * E)

@@ -1,6 +1,6 @@
 """The ``flash``, ``ubivol`` and ``partitions`` adapters without MTD: the MTD writer's own file-backed fake
 flash (tests/unit/test_mtd_writer.py), a fake sysfs and /proc/mtd for UBI. The kernel's drivers are
-exercised in tests/vm/test_swu_mtd.py."""
+exercised in tests/vm/test_swu_on_flash.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The watchdog keeper on a pipe standing in for /dev/watchdog (every ping is a byte to read), and the
-``system watchdog`` bus method (reference 1.5). The real device (i6300esb): tests/vm/test_watchdog.py."""
+``system watchdog`` bus method (reference 1.5). The real device (i6300esb): tests/vm/test_watchdog_vm.py."""
 
 from __future__ import annotations
 
