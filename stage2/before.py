@@ -155,9 +155,14 @@ def record_before_write(ctx: Context, plan: Plan) -> None:
     cut from here on leaves the next boot something to report: in the old boot partition (required: if
     it cannot be saved, the upgrade stops here with nothing written; a record found there later proves
     the write had not reached it) and in the old overlay (best effort; it outlives a cut while the boot
-    partition is being overwritten). Block devices only: MTD and UBI boards have no boot partition."""
+    partition is being overwritten). MTD and UBI boards have no boot partition: there the old overlay
+    (their rootfs_data, jffs2 or ubifs) holds the record alone, best effort."""
     profile: Profile | None = ctx.data.get("platform")
-    if profile is None or profile.writer is not Writer.BLOCK:
+    if profile is None:
+        return
+    if profile.writer is not Writer.BLOCK:
+        ctx.report.recorded_in = State.RELEASING_ROOT.value
+        report.save_overlay_record(ctx.report)
         return
     partition = partitions.device(plan.target.disk, plan.target.boot_partition)
     report.save_progress(ctx.report, partition, State.RELEASING_ROOT.value)
@@ -178,9 +183,15 @@ def pivoting(ctx: Context) -> None:
 
 
 def report_failure(ctx: Context) -> None:
-    """aborted / failed_after_write before the pivot: the old boot partition keeps the report."""
+    """aborted / failed_after_write before the pivot: the old boot partition keeps the report; on MTD and
+    UBI boards (no boot partition) the old overlay, still writable here, keeps it."""
     plan: Plan | None = ctx.data.get("plan")
     ctx.notify({"event": "outcome", "outcome": ctx.report.outcome, "error": ctx.report.error})
+    profile: Profile | None = ctx.data.get("platform")
+    if profile is not None and profile.writer is not Writer.BLOCK:
+        ctx.report.finished_at = time.time()
+        report.save_overlay_record(ctx.report)
+        return
     disk: str | None = plan.target.disk if plan else None
     if disk is None:
         with contextlib.suppress(UpgradeError, OSError):

@@ -287,3 +287,58 @@ def test_nor_report_not_saved_without_an_end_marker(nor_after_mtd_j: tuple[FakeF
     assert not save_in_jffs2(Report(outcome="success"), "firmware", 10 * E, workdir=str(tmp_path))
     assert flash.content() == before
     assert [c[0] for c in flash.calls[calls:]] == ["read", "read"]  # looked for the marker, changed nothing
+
+
+@pytest.fixture
+def flash_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A NOR board's context for stage2's steps before the pivot: the overlay record lands in a file of
+    the test (the real code requires /overlay to be a mount); the boot partition must never be used."""
+    from stage2 import report as reportmod
+
+    where = tmp_path / REPORT_NAME
+
+    def to_test_overlay(report: Report, path: str = OVERLAY_RECORD) -> bool:
+        write_json(str(where), report.to_dict())
+        return True
+
+    def no_boot_partition(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a flash board has no boot partition")
+
+    monkeypatch.setattr(reportmod, "save_overlay_record", to_test_overlay)
+    monkeypatch.setattr(reportmod, "persist", no_boot_partition)
+    return where
+
+
+def _nor_context() -> Any:
+    from stage2.machine import Context
+    from stage2.platforms.profile import Kind, Profile
+
+    ctx = Context(image="/tmp/sysupgrade.img", backup=None, env={})
+    ctx.data["platform"] = Profile(Kind.NOR, "detected: test")
+    ctx.report.to_version = "2.0"
+    return ctx
+
+
+def test_flash_board_keeps_its_in_progress_record_in_the_overlay(flash_board: Path) -> None:
+    from stage2 import before
+
+    ctx = _nor_context()
+    before.record_before_write(ctx, plan=None)  # type: ignore[arg-type]  # unused on flash boards
+    record = json.loads(flash_board.read_text())
+    assert (record["outcome"], record["recorded_in"]) == ("running", "releasing_root")
+    verdict = decide(None, record)
+    assert verdict.report is not None and verdict.report["outcome"] == "interrupted"
+
+
+def test_flash_board_abort_before_the_pivot_is_reported_from_the_overlay(flash_board: Path) -> None:
+    from stage2 import before
+
+    ctx = _nor_context()
+    ctx.report.outcome, ctx.report.failed_state = "aborted", "terminating"
+    ctx.report.error = "UpgradeError: a process would not die"
+    before.report_failure(ctx)
+    saved = json.loads(flash_board.read_text())
+    assert saved["finished_at"] is not None
+    verdict = decide(None, saved)
+    assert verdict.report is not None
+    assert (verdict.report["outcome"], verdict.report["error"]) == ("aborted", ctx.report.error)
