@@ -5,7 +5,8 @@ accepts carry their reason in ``Case.difference`` and are asserted as such.
 Running the reference (see the reference notes): a private ``TMPDIR`` per run (its control sockets live
 there), always signed (Debian's build refuses unsigned bundles), ``-H board:rev`` (no /etc/hwrevision),
 and its verdict taken as PASS iff rc 0 and no ``[ERROR]`` line; rc != 0 without an ``[ERROR]`` line is
-its exit-status race and is run again.
+its exit-status race and is run again, and a refusal counts only when the next run refuses too (one
+spurious ``[ERROR]`` on a valid bundle was seen under CPU load in CI; accepts were never spurious).
 """
 
 from __future__ import annotations
@@ -30,16 +31,19 @@ def swupdate_accepts(bundle: Path, cert: Path, case: Case) -> bool:
             str(bundle)]
     if case.selection:
         argv[1:1] = ["-e", f"{case.selection},{case.mode}"]
+    refusals: list[str] = []
     for _ in range(5):
         with tempfile.TemporaryDirectory() as tmp:
             run = subprocess.run(argv, env={"TMPDIR": tmp, "PATH": "/usr/bin:/bin"}, capture_output=True,
                                  text=True, timeout=60)
-        errors = "[ERROR]" in run.stdout + run.stderr
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if "[ERROR]" in line]
         if run.returncode == 0 and not errors:
             return True
-        if errors:
-            return False
-    raise AssertionError(f"swupdate gave no verdict in 5 runs: {run.stdout[-500:]}")
+        if errors:  # a refusal counts when it repeats: once, under load, a valid bundle got one
+            refusals.append(" | ".join(errors)[-300:])
+            if len(refusals) == 2:
+                return False
+    raise AssertionError(f"swupdate gave no verdict in 5 runs: {refusals} {run.stdout[-500:]}")
 
 
 def ours_accepts(data: bytes, cert: Path, case: Case) -> tuple[bool, str]:
