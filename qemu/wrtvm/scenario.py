@@ -83,3 +83,14 @@ def report(shell: Shell) -> dict[str, Any] | None:
 
 def transitions(vm: VM) -> list[str]:
     return [r["state"] for r in vm.records if r.get("event") == "transition"]
+
+
+def check_upgraded(shell: Shell, *, ip: str, config_kept: bool, version_now: str = "2.0") -> dict[str, Any]:
+    """After the upgrade's reboot: the new version runs with LAN address ``ip`` and the published report
+    says success (with ``config_kept``). The report."""
+    assert version(shell) == version_now
+    assert lan_ip(shell) == ip
+    published = report(shell)
+    assert published is not None and published["outcome"] == "success", published
+    assert published["config_kept"] is config_kept
+    return published
