@@ -51,10 +51,6 @@ def test_failsafe_from_the_console_then_upgrade_with_a_saved_backup(vm_device: D
 
     vm, shell = scenario.boot_to_shell(vm_device)
     t("boot 2 (2.0) to shell")
-    assert scenario.version(shell) == "2.0"
-    assert scenario.lan_ip(shell) == BACKUP_IP
-    report = scenario.report(shell)
-    assert report is not None and report["outcome"] == "success", report
-    assert report["config_kept"] is True
+    scenario.check_upgraded(shell, ip=BACKUP_IP, config_kept=True)
     t("checks")
     t.total()
