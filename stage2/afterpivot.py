@@ -34,7 +34,7 @@ from stage2.report import (
     save_progress,
 )
 from stage2.states import State
-from stage2.writers import block
+from stage2.writers import block, roothead
 from stage2.writers.mtd import write_mtd
 from wrtcore import blockdev, log, power, syscalls, watchdog
 from wrtcore.errors import UpgradeError
@@ -132,7 +132,7 @@ def _flash_disk(ctx: Context, progress: block.Progress) -> None:
         ctx.report.details["grub_partuuid_fixed"] = x86.fix_grub(boot, layout, BOOT_MNT)
         return
     with open(ctx.image, "rb") as src:
-        result = block.write_image(src, disk, length=total, progress=progress)
+        result = block.write_image(src, disk, length=total, progress=progress, hold=roothead.finder(None))
     ctx.report.bytes_written = result.bytes_written
     ctx.report.details["write_seconds"] = round(result.duration, 4)
     ctx.report.details["verify_seconds"] = round(result.verify_duration, 4)

@@ -1,6 +1,8 @@
 """What a power cut during an x86 upgrade leaves behind, decided from the image's layout and how far the
 write got. Pure, apart from the two readers at the end (the image's layout, a comparison of
-disk and image).
+disk and image). A cut before the squashfs is whole is never a mix of two roots: the writer holds
+the squashfs's first 4 KiB (its superblock) back, zeros in their place, and writes them once the chunk
+holding the squashfs's last byte is on the disk (``stage2.writers.roothead``).
 
 The x86 image is written in one sequential pass of 1 MiB chunks (``stage2.writers.block``): partition
 by partition when the layout is unchanged (the tests' images: boot partition, then the root partition:
@@ -32,7 +34,7 @@ EXT4_SUPERBLOCK_END = 2048  # the overlay's ext4 superblock: bytes 1024..2047 of
 
 class Region(enum.Enum):
     BOOT = "MBR and boot partition"  # the old root is untouched
-    ROOT = "squashfs root"  # new squashfs head over the old one's rest
+    ROOT = "squashfs root"  # its head still zeros: written last, after the squashfs's end
     ROOT_END = "end of the squashfs, before the overlay's superblock"
     DATA = "rootfs_data (zeros over the old overlay)"
     DONE = "all written (verify, config archive, report)"
@@ -53,6 +55,12 @@ class Layout:
     squashfs_end: int
     data_start: int  # rootfs_data: the first 64 KiB boundary after the squashfs
     payload: int  # bytes the flash writes (the image without its fwtool trailer)
+    chunk: int = 1 << 20  # the writer's chunk, counted from the root partition's start
+
+    @property
+    def head_written(self) -> int:
+        """The end of the chunk holding the squashfs's last byte: the root's head is written after it."""
+        return self.root_start + -(-(self.squashfs_end - self.root_start) // self.chunk) * self.chunk
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Expected:
 def region_of(layout: Layout, written: int) -> Region:
     if written < layout.root_start:
         return Region.BOOT
-    if written < layout.squashfs_end:
+    if written < layout.head_written:
         return Region.ROOT
     if written < layout.data_start + EXT4_SUPERBLOCK_END:
         return Region.ROOT_END
@@ -90,7 +98,8 @@ EXPECTED: dict[Region, Expected] = {
     Region.BOOT: Expected(Region.BOOT, Outcome.OLD_BOOTS, "as before the upgrade (the overlay is untouched)",
                           BEGUN, "flashing", "partly"),
     Region.ROOT: Expected(Region.ROOT, Outcome.BRICKED,
-                          "none: the root does not mount (the initramfs says so and starts a rescue shell)",
+                          "none: the root does not mount, its superblock is zeros (the initramfs says so "
+                          "and starts a rescue shell)",
                           "none: nothing boots; recovery is a reflash from outside"),
     Region.ROOT_END: Expected(Region.ROOT_END, Outcome.NEW_BOOTS,
                               "the old overlay if its superblock is still there at the same offset, "
@@ -137,6 +146,12 @@ def layout_of(image: Path) -> Layout:
     used = struct.unpack_from("<Q", sb, 40)[0]
     return Layout(boot_start=boot_start, root_start=root_start, squashfs_end=root_start + used,
                   data_start=root_start + blockdev.overlay_offset(used), payload=fwtool.payload_length(image))
+
+
+def read(disk: Path, start: int, length: int) -> bytes:
+    with open(disk, "rb") as f:
+        f.seek(start)
+        return f.read(length)
 
 
 def same_bytes(disk: Path, image: Path, start: int, end: int, block: int = 1 << 20) -> bool:

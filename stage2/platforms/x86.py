@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stage2.writers import block
+from stage2.writers import block, roothead
 from sysupgrade.platform_x86 import (
     DISK_SIGNATURE_OFFSET,
     GPT_DISK_GUID_OFFSET,
@@ -151,7 +151,8 @@ def write_partitions(image: str, disk: str, plan: DiskPlan, progress: Progress |
         with open(image, "rb") as src:
             src.seek(part.start)
             try:
-                report = block.write_image(src, device, length=part.size, progress=progress)
+                report = block.write_image(src, device, length=part.size, progress=progress,
+                                           hold=roothead.finder())
             except WriteError as exc:
                 raise WriteError(f"partition {part.number}: {exc.message}", offset=part.start + exc.offset,
                                  written=True, hint=exc.hint) from exc

@@ -20,6 +20,13 @@ honest about errors:
   each) and the read-back is hashed; the first chunk whose hash differs is the mismatch, narrowed to its
   first differing byte when the source can be re-read.
 
+* **The root's head last.** ``hold`` (``stage2.writers.roothead``) may name a few image bytes, the
+  superblock of a squashfs root, that the pass writes as zeros and writes for real only once the pass has
+  written (and synced) through ``Held.commit_at``, the squashfs's end. A power cut while the root is being
+  rewritten then leaves a root that does not mount, never the new superblock over the old root's rest (which
+  may mount: the kernel reads the tables at the end, which can still be the old ones) or the old superblock
+  over new data.
+
 ``WriteReport.digest`` is then the sha256 of the concatenated per-chunk sha256 digests (a hash list over
 ``chunk_size`` pieces of the image, as written), so it depends on ``chunk_size``; it is None when the
 image was compared with its source.
@@ -64,6 +71,20 @@ FILE_ALIGN = 4096  # O_DIRECT alignment assumed for regular files (safe for ever
 _BUFFERS = 2  # one being filled and hashed, one being written (or read back)
 
 Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Held:
+    """Image bytes [start, start + length) written as zeros in the pass and for real once the pass has
+    written through image offset ``commit_at`` (or at the pass's end if the image is shorter)."""
+
+    start: int
+    length: int
+    commit_at: int
+
+
+# called with each chunk (its image offset, its bytes) until it names the bytes to hold back
+FindHeld = Callable[[int, memoryview], "Held | None"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +218,53 @@ class _Writer:
         self.sync_every = sync_every
         self.wrote_any = False
         self.synced = 0  # image bytes before this offset were written and synced
+        self.held: Held | None = None
+        self.committed = False
+        self._head: mmap.mmap | None = None
+
+    def hold(self, held: Held, chunk: _Chunk) -> bool:
+        """Take ``held``'s bytes out of ``chunk`` (zeros go out in their place); False if they do not lie
+        within it."""
+        first = held.start - chunk.pos
+        if held.length <= 0 or first < 0 or first + held.length > chunk.size:
+            return False
+        self._head = mmap.mmap(-1, -(-held.length // mmap.PAGESIZE) * mmap.PAGESIZE)
+        self._head[:held.length] = chunk.view[first:first + held.length]
+        chunk.view[first:first + held.length] = bytes(held.length)
+        self.held = held
+        return True
+
+    def commit(self) -> None:
+        """Write the held bytes: after a sync (the rest of the pass is on the device first), then synced."""
+        held = self.held
+        if held is None or self._head is None or self.committed:
+            return
+        at = self.base + held.start
+        os.fsync(self.fd)
+        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        if flags & os.O_DIRECT and (at % self.align or held.length % self.align):
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        try:
+            view = memoryview(self._head)[:held.length]
+            done = 0
+            while done < held.length:
+                n = os.pwrite(self.fd, view[done:], at + done)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+            view.release()
+            os.fsync(self.fd)
+        finally:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
+        self.committed = True
+        self._head.close()
+        self._head = None
+        log.get().info("write_image", note="root head written", offset=at, length=held.length)
+
+    def close(self) -> None:
+        if self._head is not None:
+            self._head.close()
+            self._head = None
 
     def __call__(self, chunk: _Chunk) -> None:
         data = chunk.view[:chunk.size]
@@ -210,6 +278,13 @@ class _Writer:
             chunk.error_at = self.base + self.synced
             os.fsync(self.fd)
             self.synced = end
+        held = self.held
+        if held is not None and not self.committed:
+            chunk.error_at = self.base + held.start
+            if chunk.pos <= held.start < end:  # the zeros are durable before the old root's body goes
+                os.fsync(self.fd)
+            if end >= held.commit_at:
+                self.commit()
 
     def _pwrite(self, chunk: _Chunk, data: memoryview, pos: int) -> None:
         done = 0
@@ -248,7 +323,7 @@ def _drop_cache(fd: int, target: _Target, offset: int, length: int) -> None:
 def write_image(source: BinaryIO, target: str, *, length: int | None = None, offset: int = 0,
                 chunk_size: int = 1 << 20, progress: Progress | None = None, end: int | None = None,
                 direct: bool | None = None, sync_every: int | None = None,
-                exclusive: bool = True, decompress: bool = True) -> WriteReport:
+                exclusive: bool = True, decompress: bool = True, hold: FindHeld | None = None) -> WriteReport:
     """Write the image read from ``source`` to ``target`` at ``offset``, then read it back and compare.
 
     ``length``: write exactly this many image bytes (after inflating); fewer is an error, more are left
@@ -258,7 +333,8 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     uses the page cache. ``sync_every``: bytes between fsyncs (default: only at the end with O_DIRECT,
     every 8 chunks without). ``exclusive``: open block devices with O_EXCL, which fails while they are
     mounted or claimed (swap, another exclusive opener). ``decompress`` False writes an image that
-    starts ``1f 8b`` as it is instead of inflating it.
+    starts ``1f 8b`` as it is instead of inflating it. ``hold``: finds the bytes to write last (see the
+    module's text); a failed or cut write leaves zeros there.
     """
     if chunk_size <= 0 or offset < 0 or (length is not None and length < 0):
         raise ValueError("chunk_size must be positive, offset and length not negative")
@@ -294,14 +370,15 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
         sync_every = 0 if use_direct else 8 * chunk_size
     log.get().info("write_image", target=target, offset=offset, size=size, direct=use_direct,
                    compressed=stream.compressed, chunk_size=chunk_size)
+    writer = _Writer(fd, offset, info.align, use_direct, sync_every)
     try:
-        writer = _Writer(fd, offset, info.align, use_direct, sync_every)
         started = time.monotonic()
         # A plain seekable image is verified against itself, byte for byte: no hashing while writing
         # (on two cores sha256 would take as long as the write). Compressed or streamed images keep
         # a sha256 per chunk, since their bytes cannot be read again.
         compare = start is not None and not stream.compressed
-        digests = _write_all(stream, writer, info, chunk_size, size, progress, hash_chunks=not compare)
+        digests = _write_all(stream, writer, info, chunk_size, size, progress, hash_chunks=not compare,
+                             hold=hold)
         if not digests:
             raise InvalidInput("empty image: nothing to write")
         if length is not None and stream.produced < length:
@@ -323,6 +400,7 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
                           offset=exc.offset, written=exc.written)
         raise
     finally:
+        writer.close()
         os.close(fd)
     report = WriteReport(bytes_written=stream.produced, duration=duration, verify_duration=verify_duration,
                          digest=None if compare else hashlib.sha256(b"".join(digests)).hexdigest(),
@@ -335,7 +413,8 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
 
 
 def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, total: int | None,
-               progress: Progress | None, hash_chunks: bool = True) -> list[bytes]:
+               progress: Progress | None, hash_chunks: bool = True, hold: FindHeld | None = None
+               ) -> list[bytes]:
     """Stream the image through two buffers; returns the per-chunk digests (empty placeholders when
     ``hash_chunks`` is off: the verify then compares with the source itself)."""
     digests: list[bytes] = []
@@ -372,12 +451,23 @@ def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, 
                                  hint=f"the image goes on past {info.capacity - writer.base} bytes")
             digests.append(hashlib.sha256(chunk.view[:n]).digest() if hash_chunks else b"")
             chunk.pos, chunk.size = pos, n
+            if hold is not None and writer.held is None:
+                held = hold(pos, chunk.view[:n])
+                if held is not None and not writer.hold(held, chunk):
+                    log.get().warning("write_image", note="held bytes cross a chunk boundary: not held",
+                                      start=held.start, length=held.length)
             worker.submit(chunk)
             pos += n
             if n < chunk_size:
                 break
         while worker.pending:
             completed(worker.take())
+        if writer.held is not None and not writer.committed:  # the image ended before commit_at
+            try:
+                writer.commit()
+            except OSError as exc:
+                raise WriteError(f"write failed: {_reason(exc)}", offset=writer.base + writer.held.start,
+                                 written=True, hint="the held root head") from exc
     finally:
         worker.close()
         for chunk in chunks:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import lzma
 import os
@@ -187,15 +188,23 @@ def test_power_cut_sector_is_the_last_before_a_chunk_boundary() -> None:
 
 
 def test_power_cut_regions_and_outcomes() -> None:
+    # the squashfs ends 1000 bytes in: its head is written once the first 1 MiB of the root partition is
+    assert LAYOUT.head_written == 10 << 20
     cases = [(0, "BOOT", "OLD_BOOTS"), ((9 << 20) - 1, "BOOT", "OLD_BOOTS"), (9 << 20, "ROOT", "BRICKED"),
-             ((9 << 20) + 999, "ROOT", "BRICKED"), ((9 << 20) + 1000, "ROOT_END", "NEW_BOOTS"),
-             ((9 << 20) + 65536 + 2047, "ROOT_END", "NEW_BOOTS"),
-             ((9 << 20) + 65536 + 2048, "DATA", "NEW_BOOTS"),
+             ((9 << 20) + 999, "ROOT", "BRICKED"), ((10 << 20) - 1, "ROOT", "BRICKED"),
+             (10 << 20, "DATA", "NEW_BOOTS"),
              ((20 << 20) - 1, "DATA", "NEW_BOOTS"), (20 << 20, "DONE", "NEW_BOOTS")]
     for written, region, outcome in cases:
         exp = powercut.expected(LAYOUT, written)
         assert (exp.region.name, exp.outcome.name) == (region, outcome), written
     assert set(powercut.EXPECTED) == set(powercut.Region)
+    # a squashfs ending past a chunk boundary: between the head's write and rootfs_data's superblock
+    long = dataclasses.replace(LAYOUT, squashfs_end=(10 << 20) + 1000, data_start=(10 << 20) + 65536,
+                               chunk=1000 + (1 << 20))
+    assert long.head_written == (10 << 20) + 1000
+    assert powercut.expected(long, (10 << 20) + 999).region.name == "ROOT"
+    assert powercut.expected(long, (10 << 20) + 1000).region.name == "ROOT_END"
+    assert powercut.expected(long, (10 << 20) + 65536 + 2048).region.name == "DATA"
 
 
 def test_power_cut_layout_and_disk_comparison(tmp_path: Path) -> None:
