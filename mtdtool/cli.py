@@ -10,6 +10,14 @@ the image's first ``DE AD C0 DE`` erase block), ``-s <n>`` (only look for that m
 a label from /proc/mtd, or a path. The messages are OpenWrt's; unlike OpenWrt every block written is read
 back and compared, and every failure ends the command with its offset.
 
+Also unlike OpenWrt, ``write`` puts a squashfs root's head last, as stage2 does on NOR: when the image
+holds a squashfs superblock at an erase block boundary (a firmware image: the kernel, then the squashfs;
+or a bare squashfs), that erase block stays erased until every block through the squashfs's end has been
+written and verified, then it is programmed. The bytes on the flash in the end are the same; a write cut
+or failed in between leaves no squashfs magic there (mtdsplit finds no rootfs) rather than a new
+superblock over the old squashfs's remainder, which the kernel may mount. An image without one, for any
+other partition, is written in order as before.
+
 Exit codes: 0 ok; 1 failure (device cannot be opened, erase, write or verify failure, a verify that
 differs, no room); 2 usage or invalid input (unknown option or command, bad number, empty image).
 Not supported: ``dump``, several devices joined by ``:``, and the TRX/SEAMA/WRG fix-ups.
@@ -27,6 +35,7 @@ from collections.abc import Sequence
 from typing import BinaryIO, TextIO
 
 from stage2.writers import mtd as writer
+from stage2.writers import roothead
 from wrtcore import log
 from wrtcore.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, InvalidInput, UpgradeError
 
@@ -183,7 +192,8 @@ def _write(o: Options, err: TextIO, stdin: BinaryIO) -> int:
         if not o.quiet:
             err.write(" [ ]")
         report = writer.write_mtd(source, device, offset=o.offset, jffs2_config=o.jffs2, jffs2_skip=o.skip,
-                                  erase=not o.no_erase, progress=None if o.quiet else _Ticker(err))
+                                  erase=not o.no_erase, progress=None if o.quiet else _Ticker(err),
+                                  hold_for=roothead.finder_aligned)
     if not o.quiet:
         err.write("\b\b\b\b    ")
     if o.quiet < 2:

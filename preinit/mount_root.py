@@ -251,7 +251,13 @@ def move_config(root_dev: str) -> dict[str, str | None]:
         log.get().warning("no boot partition", error=str(exc))
         return found
     os.makedirs("/boot", exist_ok=True)
-    syscalls.mount(boot, "/boot", "ext4", syscalls.MS_NOATIME)
+    try:
+        syscalls.mount(boot, "/boot", "ext4", syscalls.MS_NOATIME)
+    except OSError as exc:  # eMMC: partition 1 is the raw kernel (or a GPT's protective entry)
+        if made:
+            loop.detach(boot)
+        log.get().info("no boot partition", device=boot, error=str(exc))
+        return found
     if made:
         loop.set_autoclear(boot)
     if os.path.exists("/boot/sysupgrade.tgz"):

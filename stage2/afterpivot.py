@@ -22,7 +22,7 @@ import structlog  # noqa: F401  (wrtcore.log imports it only when set up: the ra
 from stage2 import release
 from stage2.formats import jffs2  # noqa: F401  (imported by the MTD writer only for mtd -j: the ramfs must hold it)
 from stage2.machine import Context, Step, run
-from stage2.platforms import nand, x86
+from stage2.platforms import emmc, emmc_write, nand, x86
 from stage2.platforms.profile import ConfigMethod, Kind, Profile, Writer
 from stage2.report import (
     Report,
@@ -66,10 +66,13 @@ def check_maps() -> int:
 def releasing_root(ctx: Context) -> None:
     target_devs = frozenset(ctx.data["plan"]["target_devs"])
     plan = release.gather_and_plan(ctx.data["plan"]["disk"], target_devs)
+    if ctx.data["plan"].get("emmc"):  # its partition views (GPT: not the disk's MBR partitions) are kept
+        keep = _emmc_plan(ctx).devices
+        plan = dataclasses.replace(plan, detach_loops=tuple(d for d in plan.detach_loops if d not in keep))
     for line in plan.describe():
         log.get().info("release plan", step=line)
     done = release.execute(plan)
-    if profile_of(ctx).writer is not Writer.BLOCK:  # the root lived on the flash being written
+    if profile_of(ctx).writer not in DISK_WRITERS:  # the root lived on the flash being written
         release.check_released(target_devs)
     ctx.report.swapped_off = done["swapoff"]
     ctx.report.writer_maps_checked = check_maps()
@@ -139,11 +142,13 @@ def _flash_disk(ctx: Context, progress: block.Progress) -> None:
 
 
 def _flash_mtd(ctx: Context, progress: block.Progress) -> None:
-    """NOR: ``mtd -j <backup> write <image> firmware``: the config goes in with the image (jffs2)."""
+    """NOR: ``mtd -j <backup> write <image> firmware``: the config goes in with the image (jffs2). The
+    erase block holding the squashfs's superblock stays erased until the squashfs is written
+    (``roothead.finder_aligned``): a cut in between leaves no rootfs for mtdsplit, not a mix of two."""
     plan = ctx.data["plan"]
     with open(ctx.image, "rb") as src:
         result = write_mtd(src, plan["disk"], length=int(plan["payload_length"]), jffs2_config=ctx.backup,
-                           progress=progress)
+                           progress=progress, hold_for=roothead.finder_aligned)
     ctx.report.bytes_written = result.bytes_written
     ctx.report.details["mtd"] = {"bad_skipped": list(result.bad_skipped),
                                  "bad_marked": list(result.bad_marked), "jffs2_offset": result.jffs2_offset}
@@ -159,7 +164,23 @@ def _flash_ubi(ctx: Context, progress: block.Progress) -> None:
     ctx.report.details["nand"] = {k: v for k, v in result.items() if k != "bytes_written"}
 
 
-FLASHERS = {Writer.BLOCK: _flash_disk, Writer.MTD: _flash_mtd, Writer.UBI: _flash_ubi}
+def _emmc_plan(ctx: Context) -> emmc.EmmcPlan:
+    return emmc.EmmcPlan.from_dict(ctx.data["plan"]["emmc"])
+
+
+def _flash_emmc(ctx: Context, progress: block.Progress) -> None:
+    """eMMC: the tar's ``root`` and ``kernel`` to their GPT partitions (``emmc_do_upgrade``)."""
+    plan = _emmc_plan(ctx)
+    result = emmc_write.flash(plan, progress, on_write=lambda: setattr(ctx.report, "written", True))
+    ctx.report.bytes_written = result.bytes_written
+    ctx.report.details["write_seconds"] = round(result.seconds, 4)
+    ctx.report.details["verify_seconds"] = round(result.verify_seconds, 4)
+    ctx.report.details["emmc"] = emmc_write.describe(plan)
+
+
+FLASHERS = {Writer.BLOCK: _flash_disk, Writer.MTD: _flash_mtd, Writer.UBI: _flash_ubi,
+            Writer.EMMC: _flash_emmc}
+DISK_WRITERS = (Writer.BLOCK, Writer.EMMC)  # the old root is let go of by unmounting; no check_released
 
 
 def _record_progress(ctx: Context, state: State) -> None:
@@ -188,7 +209,7 @@ def _flush_partitions(disk: str) -> None:
 
 
 def verifying(ctx: Context) -> None:
-    if profile_of(ctx).writer is not Writer.BLOCK:  # the MTD and UBI writers read every block back
+    if profile_of(ctx).writer is not Writer.BLOCK:  # the MTD, UBI and eMMC writers read everything back
         return
     plan = ctx.data["plan"]
     disk = plan["disk"]
@@ -246,8 +267,15 @@ def _save_config_boot_partition(ctx: Context) -> None:
     ctx.report.config_kept = True
 
 
+def _save_config_emmc(ctx: Context) -> None:
+    """eMMC: ``emmc_copy_config``, the archive raw at the overlay start (preinit unpacks it on boot)."""
+    assert ctx.backup
+    emmc_write.save_config(_emmc_plan(ctx), ctx.backup)
+    ctx.report.config_kept = True
+
+
 SAVERS = {ConfigMethod.BOOT_PARTITION: _save_config_boot_partition, ConfigMethod.JFFS2: _save_config_jffs2,
-          ConfigMethod.UBIFS: _save_config_ubifs}
+          ConfigMethod.UBIFS: _save_config_ubifs, ConfigMethod.EMMC_OVERLAY: _save_config_emmc}
 
 
 def finalizing(ctx: Context) -> None:
@@ -267,12 +295,15 @@ def finalizing(ctx: Context) -> None:
             nand.save_file(profile_of(ctx), int(ctx.data["ubi_device"]), report_file(ctx.report))
         except (OSError, UpgradeError) as exc:
             log.get().error("report not saved", error=str(exc))
-    else:  # NOR without mtd -j (no config kept): rootfs_data is formatted on the next boot
+    else:  # NOR without mtd -j, eMMC: rootfs_data is made on the next boot (emmc: from the raw archive)
         log.get().info("upgrade report not persisted", reason="no new rootfs_data to put it in")
 
 
 def report_failure(ctx: Context) -> None:
     plan = ctx.data["plan"]
+    if profile_of(ctx).writer is Writer.EMMC:  # no boot partition; the old overlay was let go of
+        log.get().error("report not saved", reason="no place on eMMC after the pivot")
+        return
     save_failure(ctx.report, plan["disk"], int(plan["boot_partition"]))
 
 

@@ -16,7 +16,7 @@ from stage2 import ramfs, report, swu_step, terminate
 from stage2.formats import fwtool
 from stage2.machine import Context, Step
 from stage2.plan import Plan, Target, plan_upgrade
-from stage2.platforms import flash, nand
+from stage2.platforms import emmc_write, flash, nand
 from stage2.platforms.profile import Kind, Profile, Writer, current
 from stage2.report import save_failure
 from stage2.states import State
@@ -68,12 +68,14 @@ def validating(ctx: Context) -> None:
     ctx.data["platform"] = profile
     log.get().info("plan", step=f"platform {profile.kind.value} ({profile.source}): {profile.writer.value} "
                    f"writer, configuration by {profile.config_method.value}")
-    if profile.writer is Writer.BLOCK:
-        if profile.kind is Kind.EMMC:
-            raise InvalidInput("the eMMC writer is not implemented yet", hint="nothing was written")
+    if profile.writer in (Writer.BLOCK, Writer.EMMC):
         disk = profile.disk or boot_disk()
+        check_booted_from(disk, frozenset(blockdev.family(disk)))
+        if profile.writer is Writer.EMMC:  # refused here if the tar does not fit; may add partition views
+            ctx.data["emmc"] = emmc_write.prepare(ctx.image, profile, ctx.backup)
+            for line in ctx.data["emmc"].describe():
+                log.get().info("plan", step=line)
         target_devs = frozenset(blockdev.family(disk))
-        check_booted_from(disk, target_devs)
         target = Target(disk=disk, size=blockdev.size(disk))
     else:
         target, target_devs = flash_target(profile)
@@ -87,7 +89,8 @@ def validating(ctx: Context) -> None:
         ctx.data["swu"] = swu_step.prepare(ctx.image, target.disk)
     plan = plan_upgrade(
         image=ctx.image, image_size=size, target=target,
-        payload_length=ctx.data["swu"].payload_length if "swu" in ctx.data else payload_length(ctx.image),
+        payload_length=ctx.data["swu"].payload_length if "swu" in ctx.data
+        else ctx.data["emmc"].total if "emmc" in ctx.data else payload_length(ctx.image),
         backup=ctx.backup, backup_exists=bool(ctx.backup) and os.path.isfile(ctx.backup or ""),
         env=ctx.env, target_devs=target_devs,
     )
@@ -146,6 +149,7 @@ def handoff_dict(ctx: Context) -> dict[str, Any]:
                  "boot_partition": plan.target.boot_partition, "root_partition": plan.target.root_partition,
                  "save_partitions": plan.save_partitions, "target_devs": sorted(plan.target_devs),
                  "platform": ctx.data["platform"].to_dict() if "platform" in ctx.data else None,
+                 "emmc": ctx.data["emmc"].to_dict() if "emmc" in ctx.data else None,
                  "swu": ctx.data["swu"].to_dict() if "swu" in ctx.data else None},
     }
 
@@ -155,8 +159,8 @@ def record_before_write(ctx: Context, plan: Plan) -> None:
     cut from here on leaves the next boot something to report: in the old boot partition (required: if
     it cannot be saved, the upgrade stops here with nothing written; a record found there later proves
     the write had not reached it) and in the old overlay (best effort; it outlives a cut while the boot
-    partition is being overwritten). MTD and UBI boards have no boot partition: there the old overlay
-    (their rootfs_data, jffs2 or ubifs) holds the record alone, best effort."""
+    partition is being overwritten). MTD, UBI and eMMC boards have no boot partition: there the old overlay
+    (their rootfs_data: jffs2, ubifs, or eMMC's ext4 after the root) holds the record alone, best effort."""
     profile: Profile | None = ctx.data.get("platform")
     if profile is None:
         return
@@ -183,8 +187,8 @@ def pivoting(ctx: Context) -> None:
 
 
 def report_failure(ctx: Context) -> None:
-    """aborted / failed_after_write before the pivot: the old boot partition keeps the report; on MTD and
-    UBI boards (no boot partition) the old overlay, still writable here, keeps it."""
+    """aborted / failed_after_write before the pivot: the old boot partition keeps the report; on MTD,
+    UBI and eMMC boards (no boot partition) the old overlay, still writable here, keeps it."""
     plan: Plan | None = ctx.data.get("plan")
     ctx.notify({"event": "outcome", "outcome": ctx.report.outcome, "error": ctx.report.error})
     profile: Profile | None = ctx.data.get("platform")

@@ -4,8 +4,11 @@ Stage2 writes ``upgrade-report.json`` into the boot partition (x86: partition 1,
 config archive goes): the new one after a write, the old one when it aborted before writing. On flash
 boards the final report goes into the new ``rootfs_data``, the top directory of the next boot's
 overlay (``/overlay/upgrade-report.json``): NOR appends it to the jffs2 ``mtd -j`` wrote
-(``save_in_jffs2``), NAND puts it into the new ubifs beside ``sysupgrade.tgz``. preinit publishes it
-on the next boot (console line, /var/log/last-upgrade.json).
+(``save_in_jffs2``), NAND puts it into the new ubifs beside ``sysupgrade.tgz``. eMMC boards have no
+boot partition and their new rootfs_data is made by the next boot (from the raw config archive at the
+overlay start, or from zeros): their report lives in the old overlay, which holds the in-progress record
+and an abort's report until the write replaces it; the final report after a write is not kept there
+(yet). preinit publishes it on the next boot (console line, /var/log/last-upgrade.json).
 
 A power cut leaves no outcome, so the same file is also saved while the upgrade runs, as an
 in-progress record (outcome ``running``, ``recorded_in`` the state it was saved in): in the old boot

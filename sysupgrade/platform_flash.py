@@ -1,4 +1,4 @@
-"""``platform_check_image`` of the flash boards (NOR and NAND), and which platform this device is.
+"""``platform_check_image`` of the flash and eMMC boards (NOR, NAND, eMMC), and which platform this is.
 
 * **NOR** (``mtd write`` of the image to ``firmware``): OpenWrt's default for these targets is the
   image's magic: the firmware partition must start with something the boot loader or the kernel's
@@ -9,10 +9,13 @@
   board name with ``,`` as ``_``, or as it is) is not empty. OpenWrt also takes a bare UBI, ubifs or
   FIT image; stage2 here writes only the tar (``stage2.platforms.nand``), so those are refused here
   with the reason instead of after the pivot. Anything else: ``Invalid sysupgrade file.``, status 1.
+* **eMMC** (the same tar, ``stage2.platforms.emmc``): as NAND, and the tar must hold ``root`` (stage2
+  writes the overlay's place from it; a kernel-only tar is refused here, where OpenWrt would take it).
+  OpenWrt's eMMC boards also take a FIT image on some targets; refused here with the reason.
 
 The platform is ``WRT_PLATFORM`` when set, else what stage2 will detect (``stage2.platforms.profile``:
 ``/lib/upgrade/platform.conf``'s ``PLATFORM=``, ``/proc/mtd``, ``root=``); every board that is not a
-NOR or NAND one keeps the x86 check, the default.
+NOR, NAND or eMMC one keeps the x86 check, the default.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def check_nor(image: str, say: Say) -> int:
     return 0
 
 
-def check_nand(image: str, board: str, say: Say) -> int:
+def check_nand(image: str, board: str, say: Say, platform: str = "NAND") -> int:
     """``nand_do_platform_check``: 0 for a sysupgrade tar for ``board``, else 1."""
     try:
         with open(image, "rb") as f:
@@ -63,7 +66,7 @@ def check_nand(image: str, board: str, say: Say) -> int:
         say(f"Cannot read image {image}: {exc.strerror}")
         return 1
     if kind in (nand_tar.ImageType.UBI, nand_tar.ImageType.UBIFS, nand_tar.ImageType.FIT):
-        say(f"{kind.value} images are not written on NAND here: use the sysupgrade tar")
+        say(f"{kind.value} images are not written on {platform} here: use the sysupgrade tar")
         say(INVALID_NAND)
         return 1
     try:
@@ -79,10 +82,21 @@ def check_nand(image: str, board: str, say: Say) -> int:
     return 0
 
 
+def check_emmc(image: str, board: str, say: Say) -> int:
+    """eMMC: the NAND check, and a ``root`` in the tar; 0 when stage2 can write it, else 1."""
+    status = check_nand(image, board, say, platform="eMMC")
+    if status == 0 and nand_tar.read_index(image).root is None:
+        say(f"{image}: the sysupgrade tar holds no root")
+        say(INVALID_NAND)
+        return 1
+    return status
+
+
 def detect(env: Mapping[str, str], conf: str = profile.PLATFORM_CONF) -> str | None:
-    """``nor`` or ``nand`` when this device is one of those boards (stage2's detection), else None."""
+    """``nor``, ``nand`` or ``emmc`` when this device is one of those boards (stage2's detection), else
+    None."""
     try:
         kind = profile.current(env, conf).kind
     except (InvalidInput, OSError):
         return None
-    return kind.value if kind in (profile.Kind.NOR, profile.Kind.NAND) else None
+    return kind.value if kind in (profile.Kind.NOR, profile.Kind.NAND, profile.Kind.EMMC) else None

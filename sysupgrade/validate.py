@@ -46,9 +46,10 @@ Behaviour (V = valid, F = forceable after the check; "-" leaves both as they wer
       (passes with IGNORE_MINOR_COMPAT=1 or -n)           incompatible to the new image (<dev>-><img>).
                                                           Please upgrade without keeping config
                                                           (sysupgrade -n). [+ compat_message]
-    platform_check_image (WRT_PLATFORM, else nor/nand as detected, else x86)
+    platform_check_image (WRT_PLATFORM, else nor/nand/emmc as detected, else x86)
       nor: not squashfs/uImage/FIT/TRX              0  1  Invalid image type.
       nand: no sysupgrade-<board>/CONTROL           0  1  Invalid sysupgrade file.
+      emmc: as nand, or no root in the tar          0  1  Invalid sysupgrade file.
       unknown platform                              0  1  Firmware upgrade is not implemented for this
                                                           platform (<name>).
       x86: first bytes not eb48/eb63                0  1  Invalid image type
@@ -372,8 +373,14 @@ def platform_check_nand(ctx: Context) -> PlatformOutcome:
     return PlatformOutcome(platform_flash.check_nand(ctx.image, board, ctx.say))
 
 
+def platform_check_emmc(ctx: Context) -> PlatformOutcome:
+    """eMMC: the sysupgrade tar with this board's CONTROL and a root (``sysupgrade.platform_flash``)."""
+    board = ctx.read_text(paths.SYSINFO_BOARD_NAME)
+    return PlatformOutcome(platform_flash.check_emmc(ctx.image, board, ctx.say))
+
+
 PLATFORM_CHECKS: dict[str, PlatformCheck] = {"x86": platform_check_x86, "nor": platform_check_nor,
-                                             "nand": platform_check_nand}
+                                             "nand": platform_check_nand, "emmc": platform_check_emmc}
 DEFAULT_PLATFORM = "x86"
 
 

@@ -59,6 +59,7 @@ class Writer(enum.Enum):
     BLOCK = "block"
     MTD = "mtd"
     UBI = "ubi"
+    EMMC = "emmc"  # the sysupgrade tar's members to GPT partitions (stage2.platforms.emmc_write)
 
 
 class ConfigMethod(enum.Enum):
@@ -68,7 +69,7 @@ class ConfigMethod(enum.Enum):
     UBIFS = "ubifs"
 
 
-WRITERS = {Kind.X86: Writer.BLOCK, Kind.EMMC: Writer.BLOCK, Kind.NOR: Writer.MTD, Kind.NAND: Writer.UBI}
+WRITERS = {Kind.X86: Writer.BLOCK, Kind.EMMC: Writer.EMMC, Kind.NOR: Writer.MTD, Kind.NAND: Writer.UBI}
 CONFIG_METHODS = {Kind.X86: ConfigMethod.BOOT_PARTITION, Kind.EMMC: ConfigMethod.EMMC_OVERLAY,
                   Kind.NOR: ConfigMethod.JFFS2, Kind.NAND: ConfigMethod.UBIFS}
 

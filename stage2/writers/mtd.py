@@ -12,6 +12,13 @@ config file is written as jffs2 (``stage2.formats.jffs2``) and as many image blo
 jffs2 took. ``jffs2write`` appends a file to an existing jffs2 (``mtd jffs2write``), ``verify_mtd``
 compares a device with an image, ``erase_mtd`` and ``unlock_mtd`` are ``mtd erase``/``mtd unlock``.
 
+``hold`` (``stage2.writers.roothead.finder_aligned``): the root's head last, as ``stage2.writers.block``
+does on disks. The erase block holding the image's squashfs superblock goes through the pass erased (all
+0xFF: no squashfs magic where mtdsplit looks for the rootfs, so the kernel mounts no mix of two
+firmwares), on NAND wherever the pass puts it with bad blocks skipped; its data is programmed there, read
+back and compared only once every block through the squashfs's ``bytes_used`` end has been written and
+verified (or at the image's end). A failure or a cut in between leaves that block erased.
+
 Errors: a bad argument, an unreadable image, a device that is not MTD raise ``InvalidInput`` (nothing
 written). Everything else raises ``MtdError``: ``offset`` is the byte offset in the device where it
 happened and ``written`` whether the device had been changed (erased or written) before.
@@ -30,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from stage2.writers.mtdblocks import Flash, MtdError, Programmer, first_difference
+from stage2.writers.mtdblocks import Flash, HeldBlock, MtdError, Programmer, first_difference
 from stage2.writers.source import SourceError, Stream, source_size
 from wrtcore import log
 from wrtcore import mtd as mtdio
@@ -42,6 +49,7 @@ __all__ = ["CHUNK", "Flash", "MtdError", "MtdReport", "VerifyReport", "erase_fla
 
 if TYPE_CHECKING:
     from stage2.formats.jffs2 import Endian, FileMeta
+    from stage2.writers.block import FindHeld
 
 Progress = Callable[[int, int | None], None]
 CHUNK = 1 << 20  # bytes per erase/write/read-back call on NOR (fewer calls; measured best in the VM)
@@ -119,7 +127,7 @@ class _Jffs2Config:
 def write_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int = 0, length: int | None = None,
                 jffs2_config: str | None = None, jffs2_skip: int = 0, skip_bad: bool = True,
                 erase: bool = True, endian: Endian = sys.byteorder,
-                progress: Progress | None = None) -> MtdReport:
+                progress: Progress | None = None, hold: FindHeld | None = None) -> MtdReport:
     """``write_mtd`` on an open ``Flash``."""
     size = flash.info.erasesize
     if size <= 0 or offset < 0 or offset % size or (length is not None and length < 0):
@@ -139,6 +147,7 @@ def write_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int =
                        hint=f"{total} bytes at {offset}, device size {flash.info.size}")
     config = _Jffs2Config(jffs2_config, jffs2_skip, size, endian) if jffs2_config is not None else None
     put = Programmer(flash, name, flash.info.size, skip_bad=skip_bad, erase=erase)
+    head = HeldBlock(hold) if hold is not None else None
     per = max(1, CHUNK // size)
     view = memoryview(bytearray(per * size))
     pos, image_bytes, discard, jffs2_at, held = offset, 0, 0, None, 0  # held: blocks in view not written
@@ -149,42 +158,57 @@ def write_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int =
         flash.unlock(offset, flash.info.size - offset)
     except OSError as exc:
         raise MtdError(f"unlock failed: {exc.strerror}", offset=offset, written=False) from exc
-    while True:
-        slot = view[held * size:(held + 1) * size]
-        try:
-            n = stream.fill(slot)
-        except SourceError as exc:
-            pos = put.run(view[:held * size], pos)  # the blocks read before the break, as block by block
-            raise MtdError(f"image stream broke: {exc}", offset=pos, written=put.changed) from exc
-        except Exception:  # the source's own error (a hash mismatch of an archive member, ...): the same
-            put.run(view[:held * size], pos)
-            raise
-        image_bytes += n
-        if 0 < n < size:
-            slot[n:] = b"\xff" * (size - n)
-        done = False  # blocks went to the flash: progress
-        if n and discard:
-            discard -= 1
-        elif n and config and (blocks := config.blocks_at(slot, (put.blocks_written + held) * size)):
-            pos, held = put.run(view[:held * size], pos), 0
-            log.get().info("mtd_write", note=f"Appending jffs2 data from {jffs2_config} to {name}")
-            for i, block in enumerate(blocks):
-                pos = put.block(block, pos)
-                jffs2_at = pos - size if i == 0 else jffs2_at
-            discard, done = len(blocks) - 1, True
-        elif n:
-            held += 1
-        if held == per or (n < size and held):
-            pos, held, done = put.run(view[:held * size], pos), 0, True
-        if progress is not None and (done or n < size):  # n < size: the end (dropped blocks too)
-            progress(image_bytes, total)
-        if n < size:
-            break
+    try:
+        while True:
+            slot = view[held * size:(held + 1) * size]
+            try:
+                n = stream.fill(slot)
+            except SourceError as exc:
+                pos = put.run(view[:held * size], pos)  # the blocks read before the break, as block by block
+                raise MtdError(f"image stream broke: {exc}", offset=pos, written=put.changed) from exc
+            except Exception:  # the source's own error (a hash mismatch of an archive member, ...): the same
+                put.run(view[:held * size], pos)
+                raise
+            image_bytes += n
+            if 0 < n < size:
+                slot[n:] = b"\xff" * (size - n)
+            done = False  # blocks went to the flash: progress
+            if n and discard:
+                discard -= 1
+            elif n and config and (blocks := config.blocks_at(slot, (put.blocks_written + held) * size)):
+                pos, held = put.run(view[:held * size], pos), 0
+                log.get().info("mtd_write", note=f"Appending jffs2 data from {jffs2_config} to {name}")
+                for i, block in enumerate(blocks):
+                    pos = put.block(block, pos)
+                    jffs2_at = pos - size if i == 0 else jffs2_at
+                discard, done = len(blocks) - 1, True
+            elif n and head is not None and head.takes(image_bytes - n, slot, n):
+                pos, held = put.run(view[:held * size], pos), 0  # the blocks before it, then it: erased
+                head.pos = put.block(slot, pos, blank=True) - size
+                pos, done = head.pos + size, True
+                log.get().info("mtd_write", note="root head block erased until the squashfs end is written",
+                               offset=head.pos, commit_at=head.commit_at)
+            elif n:
+                held += 1
+            if held == per or (n < size and held):
+                pos, held, done = put.run(view[:held * size], pos), 0, True
+            if head is not None and head.pending and not held and image_bytes >= head.commit_at:
+                head.commit(put)  # every image block through commit_at is on the flash, verified
+            if progress is not None and (done or n < size):  # n < size: the end (dropped blocks too)
+                progress(image_bytes, total)
+            if n < size:
+                break
+    except BaseException:
+        if head is not None and head.pending:
+            log.get().warning("mtd_write", note="the root head block is left erased", offset=head.pos)
+        raise
     if length is not None and image_bytes < length:
         raise MtdError(f"image truncated: {image_bytes} bytes, expected {length}", offset=pos,
                        written=put.changed)
     if image_bytes == 0:
         raise InvalidInput("empty image: nothing to write")
+    if head is not None:
+        head.commit(put)  # the image ended before the squashfs's bytes_used said
     if config is not None and config.pending:
         log.get().warning("mtd_write", note="no DE AD C0 DE marker in the image: configuration not appended")
     report = MtdReport(name, put.blocks_written * size, image_bytes, put.blocks_erased, tuple(put.skipped),
@@ -212,7 +236,8 @@ def open_device(device: str, write: bool = True) -> mtdio.Device:
 def write_mtd(source: BinaryIO, device: str, *, offset: int = 0, length: int | None = None,
               jffs2_config: str | None = None, skip_bad: bool = True,
               progress: Progress | None = None, jffs2_skip: int = 0, erase: bool = True,
-              endian: Endian = sys.byteorder) -> MtdReport:
+              endian: Endian = sys.byteorder, hold: FindHeld | None = None,
+              hold_for: Callable[[int], FindHeld] | None = None) -> MtdReport:
     """Write the image from ``source`` to the MTD ``device`` (``firmware``, ``mtd3``, ``/dev/mtd3``) at
     ``offset`` (a multiple of the erase size), every block erased, written, read back and compared.
 
@@ -220,12 +245,15 @@ def write_mtd(source: BinaryIO, device: str, *, offset: int = 0, length: int | N
     config archive to write as jffs2 at the first erase block of the image starting ``DE AD C0 DE``, once
     ``jffs2_skip`` bytes have been written (``mtd -j``, ``-s``). ``skip_bad``: skip NAND blocks marked bad.
     ``erase`` False is ``mtd -n``. ``endian``: byte order of the jffs2 (the target CPU's; default this
-    machine's). ``progress(done, total)`` after each chunk, ``total`` None when unknown.
+    machine's). ``progress(done, total)`` after each chunk, ``total`` None when unknown. ``hold``: finds
+    the squashfs head whose erase block is written last (see the module's text), called with each image
+    block the pass writes (its image offset, its bytes); ``hold_for`` makes one from the erase size.
     """
     with open_device(device) as flash:
+        find = hold_for(flash.info.erasesize) if hold_for is not None else hold
         return write_flash(source, flash, name=device, offset=offset, length=length,
                            jffs2_config=jffs2_config, jffs2_skip=jffs2_skip, skip_bad=skip_bad, erase=erase,
-                           endian=endian, progress=progress)
+                           endian=endian, progress=progress, hold=find)
 
 
 def verify_flash(source: BinaryIO, flash: Flash, *, name: str = "", offset: int = 0,

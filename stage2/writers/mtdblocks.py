@@ -8,6 +8,12 @@ is checked for the bad mark (and skipped), erased, written, read back and compar
 erase, to write or to read back what was written is marked bad and the same data goes to the next block.
 The read-back compares a ``bytearray`` with the data: one ``memcmp``, no copy.
 
+A block the writer holds back (the squashfs root's head, ``stage2.writers.roothead``) goes through the pass
+``blank``: erased and read back as erased, nothing programmed (a NAND page programmed with 0xFF could not
+take its data later without another erase), wherever the pass puts it (bad blocks skipped, failing ones
+retired as for any block). ``commit`` later programs its data at exactly that offset, or erases it again
+on a failure: the data cannot move once the blocks after it are written.
+
 Standard library and ``wrtcore`` only, no dataclass (a compile at import, which the ``mtd`` command's
 start-up pays under emulation).
 """
@@ -15,11 +21,14 @@ start-up pays under emulation).
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from wrtcore import log
 from wrtcore import mtd as mtdio
 from wrtcore.errors import WriteError
+
+if TYPE_CHECKING:
+    from stage2.writers.block import FindHeld
 
 
 class MtdError(WriteError):
@@ -90,8 +99,9 @@ class Programmer:
         self.blocks_erased = erased
         return False
 
-    def block(self, data: bytes | bytearray | memoryview, pos: int) -> int:
-        """Write one erase block at the first usable block from ``pos``; returns the offset after it."""
+    def block(self, data: bytes | bytearray | memoryview, pos: int, blank: bool = False) -> int:
+        """Write one erase block at the first usable block from ``pos``; returns the offset after it.
+        ``blank``: only erase it and check that it reads erased (``data`` is then all 0xFF)."""
         while True:
             if pos + self.size > self.end:
                 raise MtdError("Insufficient space: the image does not fit the device", offset=pos,
@@ -101,7 +111,7 @@ class Programmer:
                 log.get().info("mtd_write", note=f"Skipping bad block at 0x{pos:08x}", offset=pos)
                 pos += self.size
                 continue
-            failure = self._program(data, pos)
+            failure = self._program(data, pos, write=not blank)
             if failure is None:
                 self.blocks_written += 1
                 return pos + self.size
@@ -117,9 +127,26 @@ class Programmer:
             raise MtdError(f"Failed to get erase block status: {exc.strerror}", offset=pos,
                            written=self.changed) from exc
 
-    def _program(self, data: bytes | bytearray | memoryview, pos: int) -> MtdError | None:
-        """Erase, write and read back one block; the failure, or None."""
-        if self.erase:
+    def commit(self, data: bytes | bytearray | memoryview, pos: int) -> None:
+        """Program a block the pass left ``blank`` at ``pos`` (no erase: it reads erased), read it back and
+        compare. A failure erases it again, so that no part of it is left, and raises."""
+        failure = self._program(data, pos, erase=False)
+        if failure is None:
+            log.get().info("mtd_write", note="root head written", offset=pos)
+            return
+        try:
+            self.flash.erase(pos, self.size)
+            left = "left erased"
+        except OSError as exc:
+            left = f"erasing it again failed too ({exc.strerror}): it may hold part of its data"
+        raise MtdError(f"{failure.message} (the held root head block; {left})", offset=failure.offset,
+                       written=True, hint="the firmware on the flash is not whole: write it again")
+
+    def _program(self, data: bytes | bytearray | memoryview, pos: int, write: bool = True,
+                 erase: bool = True) -> MtdError | None:
+        """Erase (unless ``erase`` False or ``mtd -n``), write (unless ``write`` False) and read back one
+        block; the failure, or None."""
+        if self.erase and erase:
             try:
                 self.flash.erase(pos, self.size)
             except OSError as exc:
@@ -128,11 +155,11 @@ class Programmer:
             self.changed = True
             self.blocks_erased += 1
         try:
-            n = self.flash.write(pos, data)
+            n = self.flash.write(pos, data) if write else self.size
         except OSError as exc:
             self.changed = True
             return MtdError(f"Error writing image: {exc.strerror}", offset=pos, written=True)
-        self.changed = True
+        self.changed = self.changed or write
         if n != self.size:
             return MtdError(f"Short write: {n} of {self.size} bytes", offset=pos + n, written=True)
         started = time.monotonic()
@@ -163,6 +190,43 @@ class Programmer:
             raise MtdError(f"{failure.message}; marking the block bad failed: {exc.strerror}", offset=pos,
                            written=True) from exc
         self.marked.append(pos)
+
+
+class HeldBlock:
+    """The erase block held back from the pass (``hold``): its data, where the pass left it erased, and
+    the image offset once past which it is programmed."""
+
+    def __init__(self, find: FindHeld) -> None:
+        self.find = find
+        self.data = b""
+        self.commit_at = 0
+        self.pos: int | None = None  # device offset of the erased block; None: nothing held (yet)
+        self.committed = False
+
+    def takes(self, at: int, block: memoryview, n: int) -> bool:
+        """Whether ``block`` (the image's erase block at ``at``, ``n`` bytes of it the image's) is the one
+        to hold, not having found one yet; if so its data is kept here and the block turned to 0xFF."""
+        if self.pos is not None:
+            return False
+        held = self.find(at, block[:n])
+        if held is None:
+            return False
+        if not at <= held.start < at + n:
+            log.get().warning("mtd_write", note="held bytes outside the erase block they were found in: "
+                              "not held", start=held.start, block=at)
+            return False
+        self.data, self.commit_at = bytes(block), held.commit_at
+        block[:] = b"\xff" * len(block)
+        return True
+
+    @property
+    def pending(self) -> bool:
+        return self.pos is not None and not self.committed
+
+    def commit(self, put: Programmer) -> None:
+        if self.pos is not None and not self.committed:
+            put.commit(self.data, self.pos)
+            self.committed = True
 
 
 def first_difference(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> int:

@@ -89,3 +89,26 @@ def finder(starts: Iterable[int] | None = (0,)) -> FindHeld:
 
     return find
 
+
+def finder_aligned(block_size: int) -> FindHeld:
+    """A ``hold`` for ``mtd.write_flash``: the first squashfs whose superblock starts at an image offset
+    that is a multiple of ``block_size`` (the erase size: a NOR firmware's squashfs follows the kernel at
+    the next erase block boundary, or is the whole image, at 0). Called with pieces that start at
+    multiples of ``block_size`` (the MTD writer's erase blocks), every candidate lies within one piece."""
+    if block_size < SUPERBLOCK:
+        raise ValueError(f"block size {block_size} is smaller than a squashfs superblock")
+    found = False
+
+    def find(pos: int, data: memoryview) -> Held | None:
+        nonlocal found
+        if found:
+            return None
+        first = -(-pos // block_size) * block_size
+        for start in range(first, pos + len(data) - SUPERBLOCK + 1, block_size):
+            held = held_at(start, data[start - pos:start - pos + SUPERBLOCK])
+            if held is not None:
+                found = True
+                return held
+        return None
+
+    return find

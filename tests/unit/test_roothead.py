@@ -87,6 +87,15 @@ def _watch(target: Path, at: int, length: int) -> tuple[list[tuple[int, bytes]],
     return seen, progress
 
 
+def _split(seen: list[tuple[int, bytes]], squashfs_end: int) -> tuple[list[bytes], list[bytes]]:
+    """What the target's head was when the head cannot have been written yet, and when it must have been.
+    ``progress(done)`` runs while the writer thread may already have written the next chunk (two buffers):
+    before the write of the chunk holding ``squashfs_end`` can have ended, and after it surely has."""
+    before = [head for done, head in seen if done + CHUNK < squashfs_end]
+    after = [head for done, head in seen if done >= squashfs_end]
+    return before, after
+
+
 @pytest.mark.parametrize("direct", [None, False], ids=["o_direct", "page_cache"])
 def test_the_head_lands_only_after_the_squashfs_end(tmp_path: Path, direct: bool | None) -> None:
     used = 5 * CHUNK + 1000  # the squashfs ends inside the sixth chunk; zeros after it (rootfs_data)
@@ -97,21 +106,23 @@ def test_the_head_lands_only_after_the_squashfs_end(tmp_path: Path, direct: bool
     block.write_image(io.BytesIO(image), str(target), chunk_size=CHUNK, progress=progress, direct=direct,
                       hold=roothead.finder())
     assert target.read_bytes() == image
-    before = [head for done, head in seen if done < used]
-    after = [head for done, head in seen if done >= used]
-    assert len(before) == 5 and all(head == bytes(roothead.HEAD) for head in before)
+    before, after = _split(seen, used)
+    assert len(before) == 4 and all(head == bytes(roothead.HEAD) for head in before)
     assert after and all(head == image[:roothead.HEAD] for head in after)
 
 
 def test_a_whole_gzip_disk_holds_its_root_head(tmp_path: Path) -> None:
     image, root_at = disk_image(root=squashfs(6 * CHUNK))
     target = tmp_path / "disk"
-    target.write_bytes(bytes(len(image)))
+    target.write_bytes(disk_image(root=squashfs(6 * CHUNK, seed=5))[0])  # the old firmware
     seen, progress = _watch(target, root_at, roothead.HEAD)
     block.write_image(io.BytesIO(gzip.compress(image)), str(target), chunk_size=CHUNK, progress=progress,
                       hold=roothead.finder(None))
     assert target.read_bytes() == image
-    assert [done for done, head in seen if head == image[root_at:root_at + roothead.HEAD]] == [len(image)]
+    before, after = _split(seen, root_at + 6 * CHUNK)
+    assert len(before) == 8 and all(head == bytes(roothead.HEAD) for head in before[4:])  # root begun
+    assert before[0] != bytes(roothead.HEAD)  # the old root's head until then
+    assert after and all(head == image[root_at:root_at + roothead.HEAD] for head in after)
 
 
 def test_a_write_that_fails_in_the_root_leaves_no_superblock(tmp_path: Path) -> None:
