@@ -11,7 +11,6 @@ and ``component``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -27,9 +26,14 @@ _light: Any = None  # the console of a light setup (no structlog), or None
 
 
 def _json_sink(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    fds = [*_sinks, *([_journal_fd] if _journal_fd is not None else [])]
+    if not fds:
+        return event
+    import json  # here: a command that logs only to its console (mtd) never loads it
+
     record = {"ts": round(time.time(), 6), "component": _component, "level": method, **event}
     line = (json.dumps(record, default=str, sort_keys=False) + "\n").encode()
-    for fd in [*_sinks, *([_journal_fd] if _journal_fd is not None else [])]:
+    for fd in fds:
         with contextlib.suppress(OSError):
             os.write(fd, line)
     return event

@@ -80,7 +80,7 @@ def flash(prepared: Prepared, progress: Progress | None = None) -> dict[str, obj
         with nand_tar.open_member(prepared.index.path, prepared.index.kernel) as src:
             report = mtdwriter.write_mtd(src, prepared.kernel_mtd, length=prepared.index.kernel.size,
                                          progress=progress)
-        out["kernel_mtd"] = asdict(report)
+        out["kernel_mtd"] = report._asdict()
     volumes = ubiwriter.write_nand(prepared.index, prepared.device, prepared.plan, progress)
     out["volumes"] = [asdict(v) for v in volumes]
     out["bytes_written"] = sum(v.bytes_written for v in volumes)

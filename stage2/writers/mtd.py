@@ -34,7 +34,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from stage2.writers.mtdblocks import Flash, HeldBlock, MtdError, Programmer, first_difference
@@ -55,9 +54,8 @@ Progress = Callable[[int, int | None], None]
 CHUNK = 1 << 20  # bytes per erase/write/read-back call on NOR (fewer calls; measured best in the VM)
 
 
-@dataclass(frozen=True)
-class MtdReport:
-    """What ``write_mtd`` did (a dataclass: callers ``asdict()`` it into their reports)."""
+class MtdReport(NamedTuple):
+    """What ``write_mtd`` did (a NamedTuple, as ``VerifyReport``: ``_asdict()`` for reports)."""
 
     device: str
     bytes_written: int  # bytes programmed into the flash (whole erase blocks)
