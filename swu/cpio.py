@@ -19,6 +19,9 @@ binary formats are refused, as SWUpdate does.
 The archive is read once, front to back, from any readable binary stream (a pipe works): each member's
 data is handed out through a bounded :class:`MemberReader` that checks the 070702 sum and, when asked,
 the sha256 while the bytes pass, and raises at the end of the data, before the caller sees end-of-file.
+A consumer that writes the bytes from its own buffers may take the sha256 over
+(:meth:`MemberReader.hand_off_sha256`) and compute it in another thread beside its writes; the member
+then refuses to count as read until that hash has seen every byte and matched.
 Nothing but the caller's read buffer is held in memory (``readinto`` fills it straight from the stream).
 When the stream is a file (it has a descriptor and can tell its position), a member read to its end can
 be read again with :meth:`MemberReader.reread` (``pread``, the stream's position untouched): the writers
@@ -42,7 +45,7 @@ import hashlib
 import os
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -141,6 +144,9 @@ class MemberReader:
         self._sum = 0
         self._sha: hashlib._Hash | None = None
         self._expected: str | None = None
+        self._handed_off = False  # the sha256 is fed by the consumer (hand_off_sha256)
+        self._fed = 0  # bytes fed to it so far
+        self._checked = False  # the handed-off sha256 has seen every byte and matched
         self._finished = header.size == 0
         if self._finished:
             self._finish()
@@ -158,6 +164,11 @@ class MemberReader:
         return self._left == 0
 
     @property
+    def expects_sha256(self) -> bool:
+        """Whether :meth:`expect_sha256` was called."""
+        return self._expected is not None
+
+    @property
     def rereadable(self) -> bool:
         """Whether :meth:`reread` works once the member has been read (the stream is a file)."""
         return self._fd is not None
@@ -172,6 +183,29 @@ class MemberReader:
         if self._left == 0:
             self._finished = False
             self._finish()
+
+    def hand_off_sha256(self) -> Callable[[memoryview], None]:
+        """Leave the sha256 (set by :meth:`expect_sha256`, before the first read) to the consumer: reads no
+        longer hash, and the returned function must be called with every byte of the data, in order (from
+        any one thread, such as a writer's, on the very buffers it writes). It raises the HASH mismatch
+        when fed the last byte. The member counts as read only once it has matched: :meth:`skip`, which
+        the installer calls to finish a member, raises while it has not."""
+        if self._expected is None or self._sha is None or self._left != self.header.size or not self._left:
+            raise SwuError("hand_off_sha256 needs expect_sha256 and an unread, non-empty member", self.name)
+        self._handed_off = True
+        return self._feed
+
+    def _feed(self, data: memoryview) -> None:
+        assert self._sha is not None and self._expected is not None
+        self._fed += len(data)
+        if self._fed > self.header.size:
+            raise SwuError(f"sha256 fed {self._fed} bytes, the member has {self.header.size}", self.name)
+        self._sha.update(data)
+        if self._fed == self.header.size:
+            got = self._sha.hexdigest()
+            if got != self._expected:
+                raise SwuError(f"HASH mismatch: sha256 {got}, expected {self._expected}", self.name)
+            self._checked = True
 
     def hexdigest(self) -> str | None:
         """The sha256 of the data read so far (None unless :meth:`expect_sha256` or :meth:`hash` was used)."""
@@ -236,12 +270,15 @@ class MemberReader:
         buf = bytearray(min(CHUNK, self._left))
         while self._left:
             self.readinto(memoryview(buf)[:min(len(buf), self._left)])
+        if self._handed_off and not self._checked:
+            raise SwuError(f"sha256 not checked: the consumer hashed {self._fed} of {self.header.size} "
+                           "bytes", self.name)
 
     def _account(self, data: memoryview) -> None:
         self._left -= len(data)
         if self.header.crc and self._expected is None:
             self._sum += _byte_sum(data)
-        if self._sha is not None:
+        if self._sha is not None and not self._handed_off:
             self._sha.update(data)
         if self._left == 0:
             self._finish()
@@ -253,7 +290,7 @@ class MemberReader:
         if self.header.crc and self._expected is None and (self._sum & 0xFFFFFFFF) != self.header.check:
             raise CpioError(f"Checksum WRONG: member {self.name!r}: computed {self._sum & 0xFFFFFFFF:08x}, "
                             f"stored {self.header.check:08x}")
-        if self._sha is not None and self._expected is not None:
+        if self._sha is not None and self._expected is not None and not self._handed_off:
             got = self._sha.hexdigest()
             if got != self._expected:
                 raise SwuError(f"HASH mismatch: sha256 {got}, expected {self._expected}", self.name)

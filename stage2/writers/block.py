@@ -3,9 +3,9 @@
 This is what OpenWrt does with ``get_image | dd of=/dev/... conv=fsync`` (eMMC, x86; reference 5.5), made
 honest about errors:
 
-* **Streamed.** Two page-aligned chunk buffers (mmap) are reused for the whole image; a gzip image
-  (magic ``1f 8b``, several members allowed, trailing non-gzip data such as a fwtool trailer ignored) is
-  inflated into them in pieces by ``stage2.writers.source``. Memory does not grow with the image.
+* **Streamed.** Two (``buffers``) page-aligned chunk buffers (mmap) are reused for the whole image; a
+  gzip image (magic ``1f 8b``, several members allowed, trailing non-gzip data such as a fwtool trailer
+  ignored) is inflated into them in pieces by ``stage2.writers.source``. Memory does not grow with the image.
 * **Every error at its offset.** Writes use ``O_DIRECT`` when the target and the alignment allow it, so
   an I/O error comes back from the ``pwrite`` of the chunk that failed instead of surfacing later from
   ``fsync`` with no offset. Without ``O_DIRECT`` (``direct=False``, unaligned offset or chunk size, or a
@@ -19,6 +19,10 @@ honest about errors:
   would cost as much as the write. A compressed or non-seekable image keeps a sha256 per chunk (32 bytes
   each) and the read-back is hashed; the first chunk whose hash differs is the mismatch, narrowed to its
   first differing byte when the source can be re-read.
+* **The source's own check beside the write.** A source that checks its bytes as they pass (a ``.swu``
+  member's sha256) can hand that check to the writer (``check``): it runs in a third thread on each
+  chunk while the chunk is written, so on two cores the hash and the device work side by side instead of
+  one after the other; the last chunk waits for it, and the pass fails before the fsync if it fails.
 
 * **The root's head last.** ``hold`` (``stage2.writers.roothead``) may name a few image bytes, the
   superblock of a squashfs root, that the pass writes as zeros and writes for real only once the pass has
@@ -71,6 +75,7 @@ FILE_ALIGN = 4096  # O_DIRECT alignment assumed for regular files (safe for ever
 _BUFFERS = 2  # one being filled and hashed, one being written (or read back)
 
 Progress = Callable[[int, int | None], None]
+Check = Callable[[memoryview], None]  # called with each chunk's bytes, in order (see ``write_image``)
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,38 @@ class _Worker:
         self._thread.join()
 
 
+class _Checks:
+    """``check`` applied to the chunks in a thread of its own, in order, while they are written; after the
+    first failure the rest are passed over."""
+
+    def __init__(self, check: Check) -> None:
+        self._check = check
+        self.failure: tuple[int, BaseException] | None = None  # (image offset of the chunk, what it raised)
+        self._worker = _Worker(self._run, "check_image")
+        self._checked: set[int] = set()  # id() of the chunks whose check has returned
+
+    def _run(self, chunk: _Chunk) -> None:
+        if self.failure is not None:
+            return
+        try:
+            self._check(chunk.view[:chunk.size])
+        except BaseException as exc:
+            self.failure = (chunk.pos, exc.with_traceback(None))
+
+    def submit(self, chunk: _Chunk) -> None:
+        self._checked.discard(id(chunk))
+        self._worker.submit(chunk)
+
+    def wait(self, chunk: _Chunk | None = None) -> tuple[int, BaseException] | None:
+        """Wait until ``chunk``'s check (every check when None) has returned; the failure, if any."""
+        while self._worker.pending and (chunk is None or id(chunk) not in self._checked):
+            self._checked.add(id(self._worker.take()))
+        return self.failure
+
+    def close(self) -> None:
+        self._worker.close()
+
+
 class _Writer:
     """Runs in the worker thread: writes one chunk, all of it, or raises with ``chunk.error_at`` set."""
 
@@ -323,7 +360,8 @@ def _drop_cache(fd: int, target: _Target, offset: int, length: int) -> None:
 def write_image(source: BinaryIO, target: str, *, length: int | None = None, offset: int = 0,
                 chunk_size: int = 1 << 20, progress: Progress | None = None, end: int | None = None,
                 direct: bool | None = None, sync_every: int | None = None,
-                exclusive: bool = True, decompress: bool = True, hold: FindHeld | None = None) -> WriteReport:
+                exclusive: bool = True, decompress: bool = True, hold: FindHeld | None = None,
+                buffers: int = _BUFFERS, check: Check | None = None) -> WriteReport:
     """Write the image read from ``source`` to ``target`` at ``offset``, then read it back and compare.
 
     ``length``: write exactly this many image bytes (after inflating); fewer is an error, more are left
@@ -334,10 +372,19 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     every 8 chunks without). ``exclusive``: open block devices with O_EXCL, which fails while they are
     mounted or claimed (swap, another exclusive opener). ``decompress`` False writes an image that
     starts ``1f 8b`` as it is instead of inflating it. ``hold``: finds the bytes to write last (see the
-    module's text); a failed or cut write leaves zeros there.
+    module's text); a failed or cut write leaves zeros there. ``buffers``: chunk buffers of the write pass
+    (at least 2; more let the reading side run ahead while a periodic fsync holds the writes up).
+
+    ``check(bytes)`` (a source's own integrity check, such as a sha256 that raises at the end of the data)
+    is called with each chunk's bytes, in order, in a thread of its own while the chunk is written; a
+    buffer is filled again only once both are done. When it raises, the writes in flight finish and a
+    ``WriteError`` with its message is raised from it (``written``: whether any byte went out), before the
+    fsync and the verify. The image's last chunk (the one that reaches ``length`` or the source's known size,
+    or a short one) is written only after every check has returned, so a check that fails on the last
+    bytes leaves that chunk unwritten.
     """
-    if chunk_size <= 0 or offset < 0 or (length is not None and length < 0):
-        raise ValueError("chunk_size must be positive, offset and length not negative")
+    if chunk_size <= 0 or offset < 0 or (length is not None and length < 0) or buffers < 2:
+        raise ValueError("chunk_size must be positive, offset and length not negative, buffers at least 2")
     info = _inspect(target, end)
     start, available = source_size(source)
     try:
@@ -378,7 +425,7 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
         # a sha256 per chunk, since their bytes cannot be read again.
         compare = start is not None and not stream.compressed
         digests = _write_all(stream, writer, info, chunk_size, size, progress, hash_chunks=not compare,
-                             hold=hold)
+                             hold=hold, buffers=buffers, check=check)
         if not digests:
             raise InvalidInput("empty image: nothing to write")
         if length is not None and stream.produced < length:
@@ -413,14 +460,23 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
 
 
 def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, total: int | None,
-               progress: Progress | None, hash_chunks: bool = True, hold: FindHeld | None = None
-               ) -> list[bytes]:
-    """Stream the image through two buffers; returns the per-chunk digests (empty placeholders when
+               progress: Progress | None, hash_chunks: bool = True, hold: FindHeld | None = None,
+               buffers: int = _BUFFERS, check: Check | None = None) -> list[bytes]:
+    """Stream the image through ``buffers`` buffers; returns the per-chunk digests (empty placeholders when
     ``hash_chunks`` is off: the verify then compares with the source itself)."""
     digests: list[bytes] = []
-    chunks = [_Chunk(chunk_size) for _ in range(_BUFFERS)]
+    chunks = [_Chunk(chunk_size) for _ in range(buffers)]
     spare = list(chunks)
     worker = _Worker(writer, "write_image")
+    checks = _Checks(check) if check is not None else None
+
+    def checked(chunk: _Chunk | None = None) -> None:
+        """Wait for ``chunk``'s check (every check when None); stop the pass if one failed."""
+        failure = checks.wait(chunk) if checks is not None else None
+        if failure is not None:
+            _drain(worker)
+            raise WriteError(str(failure[1]), offset=writer.base + failure[0], written=writer.wrote_any,
+                             hint="the source's check failed") from failure[1]
 
     def completed(chunk: _Chunk) -> None:
         if chunk.error is not None:
@@ -437,6 +493,7 @@ def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, 
             else:
                 chunk = worker.take()
                 completed(chunk)
+                checked(chunk)
             try:
                 n = stream.fill(chunk.view)
             except SourceError as exc:
@@ -451,17 +508,24 @@ def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, 
                                  hint=f"the image goes on past {info.capacity - writer.base} bytes")
             digests.append(hashlib.sha256(chunk.view[:n]).digest() if hash_chunks else b"")
             chunk.pos, chunk.size = pos, n
+            if checks is not None:
+                checks.submit(chunk)
             if hold is not None and writer.held is None:
                 held = hold(pos, chunk.view[:n])
-                if held is not None and not writer.hold(held, chunk):
-                    log.get().warning("write_image", note="held bytes cross a chunk boundary: not held",
-                                      start=held.start, length=held.length)
+                if held is not None:
+                    checked()  # the check sees the chunk's bytes before the held ones are taken out
+                    if not writer.hold(held, chunk):
+                        log.get().warning("write_image", note="held bytes cross a chunk boundary: not held",
+                                          start=held.start, length=held.length)
+            if n < chunk_size or (total is not None and pos + n >= total):
+                checked()  # the last chunk goes out only once every check has passed
             worker.submit(chunk)
             pos += n
             if n < chunk_size:
                 break
         while worker.pending:
             completed(worker.take())
+        checked()
         if writer.held is not None and not writer.committed:  # the image ended before commit_at
             try:
                 writer.commit()
@@ -470,6 +534,8 @@ def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, 
                                  written=True, hint="the held root head") from exc
     finally:
         worker.close()
+        if checks is not None:
+            checks.close()
         for chunk in chunks:
             chunk.close()
     return digests

@@ -15,6 +15,11 @@ decompressor reading one, or a spooled file; :class:`ArtifactSource` gives each 
   first two bytes for gzip and would inflate an artifact that merely starts ``1f 8b``; a one-byte first
   read (a short read, which every file-object consumer must accept) keeps it from matching.
 
+* :meth:`ArtifactSource.hand_off_check`: an uncompressed member's sha256 as a check the block writer
+  runs on the very buffers it writes, in a thread of its own beside the writes (``write_image``'s
+  ``check``), instead of in the reading thread; the member still refuses to count as read until that
+  hash has seen every byte and matched.
+
 ``delivered`` counts the bytes handed out, so a handler can say where a failure raised by the source (a
 sha256 mismatch at the end of the data) left the target.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from swu.cpio import MemberReader
@@ -51,6 +57,17 @@ class ArtifactSource(io.RawIOBase):
         if self._file is not None:
             fd, base = self._file
             return os.fstat(fd).st_size - base
+        return None
+
+    def hand_off_check(self) -> Callable[[memoryview], None] | None:
+        """The member's sha256 for the writer to compute on the bytes it writes, in order (see
+        :meth:`swu.cpio.MemberReader.hand_off_sha256`), when the source is a member whose sha256 is
+        expected and nothing has been read yet; else None: the sha256, if any, is computed as the bytes
+        are read."""
+        src = self._src
+        if (isinstance(src, MemberReader) and src.expects_sha256 and self.delivered == 0
+                and self._first is None and src.remaining == src.header.size > 0):
+            return src.hand_off_sha256()
         return None
 
     def readable(self) -> bool:
