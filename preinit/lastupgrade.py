@@ -5,7 +5,9 @@
 Stage2 keeps its report in the boot partition (``stage2.report``): on success and after a failure
 once written, the new firmware's; when it aborted before writing, the old one's, which is what boots.
 Flash boards (NOR, NAND) have no boot partition: stage2 puts the final report into the new
-``rootfs_data``, so it is found in the overlay's top directory alone and published as it is.
+``rootfs_data``, so it is found in the overlay's top directory alone and published as it is. eMMC boards
+get their new ``rootfs_data`` from preinit: stage2 leaves the report raw at the end of the overlay area,
+and ``mount_root`` moves it into the overlay's top directory (``keep_in_overlay``) once it is made.
 
 A power cut leaves no outcome, only stage2's in-progress records (outcome ``running``): in the boot
 partition (the old one before the write, the new one once written) and in the old overlay's top
@@ -166,6 +168,19 @@ def _write_json(path: str, data: dict[str, Any], *, durable: bool = False) -> No
             f.flush()
             os.fsync(f.fileno())
     os.rename(tmp, path)
+
+
+def keep_in_overlay(report: dict[str, Any], overlay: str) -> bool:
+    """eMMC: the report preinit read raw before making the overlay (``rootfs_data.take_report``), saved
+    as ``upgrade-report.json`` in the overlay's top directory (mounted at ``overlay``), where stage2
+    puts it itself on NOR and NAND boards. False when it could not be saved (logged)."""
+    path = f"{overlay}/{os.path.basename(OVERLAY_RECORD)}"
+    try:
+        _write_json(path, report, durable=True)
+    except OSError as exc:
+        log.get().warning("upgrade report not kept in the overlay", path=path, error=str(exc))
+        return False
+    return True
 
 
 def publish(src: str | None, *, restored: list[str], dest: str = LAST_REPORT,

@@ -6,7 +6,9 @@ does (``identify``): an ext4 or f2fs superblock, or jffs2 (magic 0x1985, either 
 it is; ``deadc0de`` (nothing written since the flash) gets a tmpfs overlay for this boot and is
 formatted only when the boot is done; a gzip stream at its start is eMMC's config archive (OpenWrt's
 ``emmc_copy_config`` writes it there raw): it is unpacked to /tmp/sysupgrade.tar, then the volume is
-formatted; anything else (zeros) is formatted. A filesystem that will not mount falls back to a tmpfs
+formatted; anything else (zeros) is formatted. Before a block volume is formatted, the upgrade report
+stage2 left raw at its end is taken (eMMC, ``rootfs_data.take_report``) and put into the new overlay's
+top directory, where ``lastupgrade`` finds it. A filesystem that will not mount falls back to a tmpfs
 overlay. The overlay's state follows fstools: ``.fs_state`` -> "1" pending until ``done`` marks it "2"
 ready; a pending overlay is wiped on boot except files named sysupgrade.tgz (the restore runs again).
 
@@ -23,8 +25,9 @@ import contextlib
 import os
 import shutil
 import zlib
+from typing import Any
 
-from preinit import overlay_switch
+from preinit import lastupgrade, overlay_switch
 from preinit import rootfs_data as rd
 from wrtcore import blockdev, cmdline, log, loop, mounts, partitions, run, syscalls
 
@@ -125,8 +128,8 @@ def attach_rootfs_data(root_dev: str, reuse: bool = False) -> str | None:
 
 
 def find_volume(line: dict[str, str], reuse: bool = False) -> rd.Volume | None:
-    """rootfs_data (named by ``fstools_overlay_name=``): an MTD partition, else the block device after
-    the squashfs of ``root=``."""
+    """rootfs_data (named by ``fstools_overlay_name=``): an MTD partition or UBI volume, else a GPT
+    partition of that name on the disk of ``root=`` (eMMC), else the block device after its squashfs."""
     name = line.get("fstools_overlay_name") or rd.NAME
     found = rd.find_mtd(name) or rd.find_ubi(name)
     if found is not None:
@@ -134,6 +137,9 @@ def find_volume(line: dict[str, str], reuse: bool = False) -> rd.Volume | None:
     root_dev = line.get("root", "")
     if not root_dev.startswith("/dev/") or root_dev.startswith(FLASH_ROOTS):
         return None
+    found = rd.find_gpt(root_dev, name)
+    if found is not None:
+        return found
     data = attach_rootfs_data(root_dev, reuse)
     return rd.Volume(data) if data else None
 
@@ -155,14 +161,21 @@ def fopivot(overlay: str) -> None:
             syscalls.mount(f"/rom{mnt}", mnt, None, syscalls.MS_MOVE)
 
 
-def _mount_data(volume: rd.Volume) -> str:
-    """Mount rootfs_data on /tmp/overlay as its first bytes say; "tmpfs" when it cannot be used now."""
+def _mount_data(volume: rd.Volume) -> tuple[str, dict[str, Any] | None]:
+    """Mount rootfs_data on /tmp/overlay as its first bytes say; "tmpfs" when it cannot be used now.
+    With it, the upgrade report of a block volume about to be formatted (eMMC: ``rd.take_report``)."""
     data = volume.device
     fs = "ubifs" if volume.ubi else identify(data)
     action = rd.start_action(fs, volume.on_mtd)
     if action is rd.Start.TMPFS:
         log.get().info("rootfs_data not ready yet, using temporary tmpfs overlay", device=data, found=fs)
-        return "tmpfs"
+        return "tmpfs", None
+    report = None
+    if action in (rd.Start.FORMAT, rd.Start.UNPACK_FORMAT) and volume.on_block:
+        try:
+            report = rd.take_report(data)
+        except OSError as exc:
+            log.get().warning("upgrade report record not read", device=data, error=str(exc))
     if action is rd.Start.UNPACK_FORMAT:
         try:
             size = unpack_targz(data)
@@ -179,10 +192,10 @@ def _mount_data(volume: rd.Volume) -> str:
         syscalls.mount(volume.source, "/tmp/overlay", fs, syscalls.MS_NOATIME)
     except OSError as exc:
         log.get().warning(f"switching to {fs} failed - fallback to ramoverlay", error=str(exc))
-        return "tmpfs"
+        return "tmpfs", report
     if volume.on_loop:
         loop.set_autoclear(data)  # goes away with the mount
-    return fs
+    return fs, report
 
 
 def start() -> str:
@@ -190,7 +203,7 @@ def start() -> str:
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     volume = find_volume(cmdline.read())
     os.makedirs("/tmp/overlay", exist_ok=True)
-    kind = _mount_data(volume) if volume is not None else "tmpfs"
+    kind, report = _mount_data(volume) if volume is not None else ("tmpfs", None)
     if kind == "tmpfs":
         if volume is None:
             log.get().info("no usable overlay filesystem found, using tmpfs overlay")
@@ -201,6 +214,8 @@ def start() -> str:
         wipe_pending("/tmp/overlay")
     if state != READY:
         set_state("/tmp/overlay", PENDING)
+    if report is not None:  # where the reports of NOR and NAND boards are: the overlay's top directory
+        lastupgrade.keep_in_overlay(report, "/tmp/overlay")
     syscalls.mount("/tmp/overlay", "/overlay", None, syscalls.MS_MOVE)
     log.get().info(f"switching to {kind} overlay")
     fopivot("/overlay")

@@ -1,7 +1,8 @@
 """rootfs_data: where it is (an MTD partition or a block device after the squashfs) and what to do with it.
 
 fstools' ``volume_find("rootfs_data")`` looks in /proc/mtd first (``find_mtd_part``), then at block
-devices; the name can be changed with ``fstools_overlay_name=`` on the kernel command line. On an MTD
+devices: a GPT partition of that name on the root's disk (eMMC, ``find_gpt``), else the space after the
+squashfs; the name can be changed with ``fstools_overlay_name=`` on the kernel command line. On an MTD
 partition (NOR) only jffs2 is mounted as it is: anything else (``DE AD C0 DE`` after a flash, an erased
 chip, garbage) gets a tmpfs overlay for this boot, and ``done`` erases the partition and switches to a
 fresh jffs2 (fstools' ``jffs2_switch``). The decisions are pure functions of what ``identify`` found;
@@ -13,6 +14,10 @@ block, and everything after it is stale (the old jffs2, the old image's tail) an
 jffs2 nodes; the kernels without that patch (Debian's, in the VM) would resurrect old files. Each block
 erased is given a jffs2 clean marker, as ``flash_erase -j`` does, so the kernel's jffs2 takes it as
 clean at once instead of queueing it for an erase in the background.
+
+``take_report`` is eMMC's: stage2 leaves its final report as a raw record at the end of the overlay area
+(``stage2.formats.report_record``); it is read before the overlay is formatted, and its slot cleared so
+that no later boot reads it again.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
+from typing import Any
 
+from stage2.formats import report_record
 from stage2.formats.jffs2 import EOF_MARKER, clean_marker
-from wrtcore import log, mtd
+from stage2.platforms import emmc
+from stage2.platforms.profile import gpt_names
+from wrtcore import log, loop, mtd, partitions
 
 NAME = "rootfs_data"
 
@@ -36,15 +45,21 @@ class Volume:
     device: str
     mtd: str | None = None
     ubi: str | None = None
+    kernel_partition: bool = False  # a partition node of the kernel's (a GPT's rootfs_data), no loop
 
     @property
     def on_mtd(self) -> bool:
         return self.mtd is not None
 
     @property
-    def on_loop(self) -> bool:
-        """A loop device over the root's block device (x86): detached with its mount."""
+    def on_block(self) -> bool:
+        """A block device holding a block filesystem (not MTD, not UBI): loop device or partition."""
         return self.mtd is None and self.ubi is None
+
+    @property
+    def on_loop(self) -> bool:
+        """A loop device over the root's block device (x86) or its disk (eMMC): detached with its mount."""
+        return self.on_block and not self.kernel_partition
 
     @property
     def source(self) -> str:
@@ -82,6 +97,35 @@ def find_ubi(name: str = NAME, sysfs: str = "/sys/class/ubi") -> Volume | None:
             continue
         return Volume(f"/dev/{entry}", ubi=f"{device}:{name}")
     return None
+
+
+def find_gpt(root_dev: str, name: str = NAME) -> Volume | None:
+    """A GPT partition labelled ``name`` on the disk of the block device ``root_dev`` (an eMMC board's
+    separate rootfs_data, fstools' partname lookup): the kernel's node by ``PARTNAME``, else, on a kernel
+    that parses no partition tables, a loop view over the disk (an existing one is reused). None when
+    the disk has no GPT or no such partition."""
+    try:
+        disk = partitions.disk_of(root_dev)
+    except OSError:
+        return None
+    if disk == root_dev:
+        return None
+    nodes = gpt_names(disk)
+    if nodes:
+        return Volume(nodes[name], kernel_partition=True) if name in nodes else None
+    try:
+        with open(disk, "rb") as f:
+            f.seek(emmc.SECTOR)
+            start, count, size = emmc.gpt_entries_extent(f.read(emmc.SECTOR))
+            f.seek(start)
+            found = [p for p in emmc.parse_gpt(f.read(count * size), count, size) if p.name == name]
+    except (OSError, ValueError):
+        return None
+    if not found:
+        return None
+    entry = partitions.Entry(found[0].number, 0, found[0].start, found[0].size)
+    view = partitions.view_of(disk, entry) or loop.attach(disk, offset=entry.start, sizelimit=entry.size)
+    return Volume(view)
 
 
 class Start(enum.Enum):
@@ -179,3 +223,29 @@ def erase_after_eof(path: str) -> int:
                        offset=first * erase, blocks=len(offsets))
         _erase_marked(dev, offsets)
         return len(offsets)
+
+
+def take_report(device: str) -> dict[str, Any] | None:
+    """The upgrade report stage2 left raw at the end of the block device ``device`` (eMMC's overlay
+    area), read before it is formatted; the record's first block is then zeroed. None when there is no
+    record; a damaged one is dropped with a warning."""
+    with open(device, "r+b") as f:
+        at = report_record.slot_offset(f.seek(0, os.SEEK_END), 0)
+        if at is None:
+            return None
+        f.seek(at)
+        data = f.read(report_record.SLOT)
+        if not data.startswith(report_record.MAGIC):
+            return None
+        try:
+            report = report_record.decode(data)
+        except report_record.RecordError as exc:
+            log.get().warning("upgrade report record ignored", device=device, offset=at, error=str(exc))
+            report = None
+        f.seek(at)
+        f.write(bytes(report_record.BLOCK))
+        f.flush()
+        os.fsync(f.fileno())
+    if report is not None:
+        log.get().info("upgrade report record found", device=device, offset=at, outcome=report.get("outcome"))
+    return report

@@ -246,8 +246,13 @@ class Device:
                 st = os.stat(swap.path)
                 if st.st_dev in nums or st.st_rdev in nums:
                     subprocess.run(["swapoff", swap.path], check=False)
+        # views stacked on ours, also those attached inside the device's namespaces, whose backing path
+        # (``/loop1``, as seen from there) cannot be looked up from here
+        ours = {os.path.basename(p) for p in self._loops}
         stacked = [f"/dev/{lo.name}" for lo in loop.list_loops()
-                   if lo.backing_dev in nums and f"/dev/{lo.name}" not in self._loops]
+                   if (lo.backing_dev in nums
+                       or (lo.backing_dev == -1 and os.path.basename(lo.backing_file) in ours))
+                   and f"/dev/{lo.name}" not in self._loops]
         for dev in [*stacked, *reversed(self._loops)]:
             with contextlib.suppress(OSError):
                 loop.detach(dev)

@@ -12,6 +12,9 @@ GPT names from sysfs, which has none here: ``EmmcDevice.platform_conf`` names th
 (``/lib/upgrade/platform.conf``, written into the running device; sysupgrade, run from a shell, sees no
 ``WRT_CMDLINE`` and so needs ``CI_ROOTDEV=``).
 
+With a ``rootfs_data`` partition, preinit finds it by its GPT name (``preinit.rootfs_data.find_gpt``,
+its own loop view over the disk) and mounts the overlay there instead of after the squashfs.
+
 The squashfs roots are the sandbox images' own (``sandbox.images``), cut out of their partition 2.
 """
 

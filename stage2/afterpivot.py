@@ -28,6 +28,7 @@ from stage2.report import (
     Report,
     peak_rss_kb,
     persist,
+    report_dict,
     report_file,
     save_failure,
     save_in_jffs2,
@@ -36,7 +37,7 @@ from stage2.report import (
 from stage2.states import State
 from stage2.writers import block, roothead
 from stage2.writers.mtd import write_mtd
-from wrtcore import blockdev, log, power, syscalls, watchdog
+from wrtcore import blockdev, log, loop, power, syscalls, watchdog
 from wrtcore.errors import UpgradeError
 
 JOURNAL = "/tmp/upgrade-journal.jsonl"
@@ -295,14 +296,59 @@ def finalizing(ctx: Context) -> None:
             nand.save_file(profile_of(ctx), int(ctx.data["ubi_device"]), report_file(ctx.report))
         except (OSError, UpgradeError) as exc:
             log.get().error("report not saved", error=str(exc))
-    else:  # NOR without mtd -j, eMMC: rootfs_data is made on the next boot (emmc: from the raw archive)
+    elif writer is Writer.EMMC and plan.get("emmc"):  # rootfs_data is made on the next boot: a raw
+        _save_report_emmc(ctx)  # record that preinit reads first
+    else:  # NOR without mtd -j, a .swu on eMMC: rootfs_data is made on the next boot
         log.get().info("upgrade report not persisted", reason="no new rootfs_data to put it in")
+
+
+def _save_report_emmc(ctx: Context) -> bool:
+    """eMMC: the report as a raw record at the end of the new overlay area (``emmc_write.save_report``),
+    where preinit reads it before it formats the overlay. Best effort: False when not saved (logged)."""
+    try:
+        emmc_write.save_report(_emmc_plan(ctx), report_dict(ctx.report))
+    except (OSError, ValueError, UpgradeError) as exc:
+        log.get().error("report not saved", error=str(exc))
+        return False
+    return True
+
+
+def _report_failure_emmc(ctx: Context) -> None:
+    """eMMC after the pivot. Written: the report raw in the new overlay area; unless the configuration
+    archive is already at the overlay start, the start is zeroed first, so that the next boot makes a
+    fresh overlay over the new root (the old one's files must not shadow it) and takes the report.
+    Nothing written: into the old overlay, replacing the in-progress record there."""
+    plan = _emmc_plan(ctx)
+    ctx.report.finished_at = time.time()
+    if ctx.report.written:
+        if not ctx.report.config_kept:
+            try:
+                emmc_write.clear_overlay_start(plan)
+            except (OSError, UpgradeError) as exc:
+                log.get().error("overlay start not cleared", error=str(exc))
+        _save_report_emmc(ctx)
+        return
+    found = None
+    try:
+        found = emmc_write.old_overlay(plan)
+        if found is None:
+            raise UpgradeError("no ext4 overlay after the old root")
+        persist(ctx.report, found[0])
+    except (OSError, ValueError, UpgradeError) as exc:
+        log.get().error("report not saved", where="old overlay", error=str(exc))
+    finally:
+        if found is not None and found[1]:
+            with contextlib.suppress(OSError):
+                loop.detach(found[0])
 
 
 def report_failure(ctx: Context) -> None:
     plan = ctx.data["plan"]
-    if profile_of(ctx).writer is Writer.EMMC:  # no boot partition; the old overlay was let go of
-        log.get().error("report not saved", reason="no place on eMMC after the pivot")
+    if profile_of(ctx).writer is Writer.EMMC:
+        if plan.get("emmc"):
+            _report_failure_emmc(ctx)
+        else:  # a .swu bundle: no eMMC plan, no place known
+            log.get().error("report not saved", reason="no eMMC plan")
         return
     save_failure(ctx.report, plan["disk"], int(plan["boot_partition"]))
 

@@ -6,9 +6,11 @@ boards the final report goes into the new ``rootfs_data``, the top directory of 
 overlay (``/overlay/upgrade-report.json``): NOR appends it to the jffs2 ``mtd -j`` wrote
 (``save_in_jffs2``), NAND puts it into the new ubifs beside ``sysupgrade.tgz``. eMMC boards have no
 boot partition and their new rootfs_data is made by the next boot (from the raw config archive at the
-overlay start, or from zeros): their report lives in the old overlay, which holds the in-progress record
-and an abort's report until the write replaces it; the final report after a write is not kept there
-(yet). preinit publishes it on the next boot (console line, /var/log/last-upgrade.json).
+overlay start, or from zeros): the old overlay holds the in-progress record and an abort's report until
+the write replaces it; once written, the report goes raw into the last 256 KiB of the new overlay area
+(``stage2.formats.report_record``, ``stage2.platforms.emmc_write.save_report``), and preinit moves it
+into the overlay it makes. preinit publishes it on the next boot (console line,
+/var/log/last-upgrade.json).
 
 A power cut leaves no outcome, so the same file is also saved while the upgrade runs, as an
 in-progress record (outcome ``running``, ``recorded_in`` the state it was saved in): in the old boot
@@ -178,13 +180,18 @@ def save_overlay_record(report: Report, path: str = OVERLAY_RECORD) -> bool:
     return True
 
 
-def report_file(report: Report, directory: str = "/tmp") -> str:
-    """The final report as ``directory/upgrade-report.json`` (the name it keeps on the flash)."""
+def report_dict(report: Report) -> dict[str, Any]:
+    """The final report as saved: its end time and the image's version filled in when missing."""
     report.finished_at = report.finished_at or time.time()
     if not report.to_version and report.image:
         report.to_version = image_version(report.image)
+    return report.to_dict()
+
+
+def report_file(report: Report, directory: str = "/tmp") -> str:
+    """The final report as ``directory/upgrade-report.json`` (the name it keeps on the flash)."""
     path = f"{directory}/{REPORT_NAME}"
-    write_json(path, report.to_dict())
+    write_json(path, report_dict(report))
     return path
 
 

@@ -10,6 +10,7 @@ those are used and no loop device is made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -46,20 +47,25 @@ def read_table(disk: str) -> list[Entry]:
         return parse_mbr(f.read(SECTOR))
 
 
-def _sysfs_partition(disk: str, number: int) -> str | None:
+def _sysfs_partitions(disk: str) -> dict[int, str]:
+    """The kernel's partition nodes of ``disk`` by number, whatever table it parsed (MBR or GPT)."""
     st = os.stat(disk)
     base = os.path.realpath(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    found: dict[int, str] = {}
     try:
         names = os.listdir(base)
     except OSError:
-        return None
+        return found
     for name in names:
         pfile = f"{base}/{name}/partition"
         if os.path.exists(pfile):
             with open(pfile) as f:
-                if int(f.read()) == number:
-                    return f"/dev/{name}"
-    return None
+                found[int(f.read())] = f"/dev/{name}"
+    return found
+
+
+def _sysfs_partition(disk: str, number: int) -> str | None:
+    return _sysfs_partitions(disk).get(number)
 
 
 def view_of(disk: str, entry: Entry) -> str | None:
@@ -104,7 +110,12 @@ def device(disk: str, number: int) -> str:
 
 
 def all_devices(disk: str) -> list[str]:
-    """Every partition device of ``disk`` that exists now (no new views are made)."""
+    """Every partition device of ``disk`` that exists now (no new views are made): the kernel's nodes
+    when it parsed the table (a GPT's too: its MBR is only the protective entry), else the MBR's views."""
+    with contextlib.suppress(OSError):
+        nodes = _sysfs_partitions(disk)
+        if nodes:
+            return [nodes[n] for n in sorted(nodes)]
     found: list[str] = []
     try:
         table = read_table(disk)

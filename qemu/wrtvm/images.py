@@ -16,7 +16,7 @@ from pathlib import Path
 from preinit.sysinfo import dmi_name
 from sandbox import disk, rootfs
 from sandbox import images as sandbox_images
-from wrtvm import initramfs
+from wrtvm import emmc_image, initramfs
 from wrtvm.kernel import CACHE, REPO, Kernel
 
 VM_ROOT = REPO / "qemu" / "vm-root"
@@ -46,6 +46,8 @@ class Images:
     nor_v2: Path
     ubi_v1: Path  # the whole flash of a UBI board flashed with 1.0 (volumes kernel, rootfs, rootfs_data)
     nand_v2: Path  # NAND sysupgrade tar of 2.0 (sysupgrade-<board>/CONTROL, kernel, root; metadata)
+    emmc_v1: Path  # the GPT disk of an eMMC board flashed with 1.0 (partitions kernel, rootfs)
+    emmc_v2: Path  # eMMC sysupgrade tar of 2.0 (the NAND one: OpenWrt's boards share the format)
 
 
 def kernel_stand_in(version: str) -> bytes:
@@ -107,4 +109,6 @@ def build(kernel: Kernel, cache: Path = CACHE) -> Images:
                 disk.nand_sysupgrade_tar(stand_in, sq, tmp, version=version, board=BOARD)
                 os.rename(tmp, nand_v2)
         shutil.rmtree(work)
-    return Images(v1, v2, BOARD, time.monotonic() - start, nor_v1, nor_v2, ubi_v1, nand_v2)
+    emmc = emmc_image.ensure(where, v1, nand_v2, kernel_stand_in("1.0"))
+    return Images(v1, v2, BOARD, time.monotonic() - start, nor_v1, nor_v2, ubi_v1, nand_v2, emmc.disk,
+                  emmc.tar)

@@ -17,8 +17,12 @@ config after it), and every member must fit its partition before anything is wri
 The boot side (preinit) recognises the archive by its gzip magic at that offset (fstools' ``FS_TARGZ``),
 extracts it, then formats the overlay. Both sides compute the offset with ``overlay_offset``.
 
+Unlike OpenWrt, the final upgrade report is kept too: a raw record in the last 256 KiB of the overlay
+area (``stage2.formats.report_record``), which preinit takes before it formats the overlay.
+
 Pure, standard library only: ``parse_gpt`` reads a partition table from bytes, ``plan_emmc`` decides;
-``stage2.platforms.emmc_write`` finds the devices and writes.
+``stage2.platforms.emmc_write`` finds the devices and writes. preinit imports it to find a GPT
+``rootfs_data`` partition (``preinit.rootfs_data.find_gpt``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stage2.formats.nand_tar import SysupgradeTar
+from stage2.formats import report_record
 from wrtcore.errors import InvalidInput
+
+if TYPE_CHECKING:  # preinit reads the GPT with this module: it must not pull in the tar reader
+    from stage2.formats.nand_tar import SysupgradeTar
 
 ALIGN = 64 * 1024  # ROOTDEV_OVERLAY_ALIGN: 128 sectors
 WIPE_BYTES = 8 * 512  # 8 sectors zeroed: the kernel's head while the root is written, the overlay's start
@@ -150,6 +157,11 @@ class EmmcPlan:
         else:
             lines.append(f"overlay start {where}: the configuration archive ({self.backup_size} bytes) "
                          "raw, read back and compared")
+        at = report_record.slot_offset(self.overlay.room, max(self.backup_size or 0, WIPE_BYTES))
+        lines.append(f"the upgrade report: a raw record at offset {self.overlay.offset + at} of "
+                     f"{self.overlay.partition} (the overlay area's last {report_record.SLOT} bytes), "
+                     "read back and compared" if at is not None
+                     else "the upgrade report: no room for its record (not kept)")
         if self.dtb_ignored:
             lines.append(f"{self.board_dir}/dtb not written (as OpenWrt's emmc.sh)")
         return lines

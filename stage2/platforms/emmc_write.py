@@ -12,6 +12,10 @@ What goes where is decided by ``stage2.platforms.emmc.plan_emmc`` (pure); this m
   Every write goes through ``stage2.writers.block.write_image`` (streamed, O_DIRECT, read back and
   compared); members are written as they are (a gzip'd kernel is not inflated).
 * ``save_config``: the gzip'd archive raw at the overlay start, read back and compared.
+* ``save_report``: the final upgrade report as a raw record in the last 256 KiB of the overlay area
+  (``stage2.formats.report_record``), read back and compared; preinit reads it before formatting.
+  After a failed write, ``clear_overlay_start`` makes sure the next boot formats (and so reads it);
+  when nothing was written, ``old_overlay`` shows the old overlay, where the report goes instead.
 
 A failure raises ``WriteError`` naming the partition, with the offset in it and whether it was changed.
 Runs after the pivot in the ramfs: imported by ``stage2.afterpivot`` at its top (the ramfs holds it).
@@ -26,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from stage2.formats import nand_tar
+from stage2.formats import nand_tar, report_record
 from stage2.platforms import emmc
 from stage2.platforms.profile import Profile, gpt_names
 from stage2.writers import block, roothead
@@ -48,10 +52,18 @@ def read_gpt(disk: str) -> list[emmc.GptPartition]:
         raise InvalidInput(f"{disk}: cannot read its GPT: {exc}", hint="nothing was written") from exc
 
 
+def _autoclear(device: str) -> bool:
+    try:
+        with open(f"/sys/block/{os.path.basename(device)}/loop/autoclear") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def _view(disk: str, part: emmc.GptPartition) -> str:
     entry = partitions.Entry(part.number, 0, part.start, part.size)
     existing = partitions.view_of(disk, entry)
-    if existing:
+    if existing and not _autoclear(existing):  # preinit's view of rootfs_data goes with its mount
         return existing
     # direct I/O: a write error on the view is the writer's, at its offset (as wrtcore.partitions)
     return loop.attach(disk, offset=part.start, sizelimit=part.size, direct_io=True)
@@ -147,6 +159,61 @@ def save_config(plan: emmc.EmmcPlan, backup: str) -> int:
     log.get().info("configuration saved", partition=plan.overlay.partition, device=plan.overlay.device,
                    offset=plan.overlay.offset, bytes=size)
     return size
+
+
+def save_report(plan: emmc.EmmcPlan, report: Mapping[str, object]) -> int:
+    """The report as a raw record at the end of the overlay area (``report_record.slot_offset``),
+    after whatever the overlay start holds; read back and compared. Its offset in the overlay's
+    partition. Raises ``WriteError`` (or ``ValueError`` when there is no room for it)."""
+    used = max(plan.backup_size or 0, emmc.WIPE_BYTES)
+    at = report_record.slot_offset(plan.overlay.room, used)
+    if at is None:
+        raise ValueError(f"no room for the report after {used} bytes of the overlay area "
+                         f"({plan.overlay.room} bytes)")
+    data = report_record.encode(dict(report))
+    offset = plan.overlay.offset + at
+    _write(io.BytesIO(data), plan.overlay.device, f"saving the upgrade report to {plan.overlay.partition}",
+           length=len(data), offset=offset)
+    log.get().info("report saved", partition=plan.overlay.partition, device=plan.overlay.device,
+                   offset=offset, bytes=len(data))
+    return offset
+
+
+def clear_overlay_start(plan: emmc.EmmcPlan) -> None:
+    """The overlay start zeroed (as ``flash`` does without a backup): after a failed write, so that the
+    next boot makes a fresh overlay over the new root, and reads the report record first."""
+    _zero(plan.overlay.device, plan.overlay.offset, f"clearing the overlay start of {plan.overlay.partition}")
+
+
+def _loop_over(device: str, offset: int) -> str | None:
+    """A loop device other than ``device`` that shows ``device``'s bytes from ``offset`` on (directly,
+    or over the disk ``device`` is a view of)."""
+    loops = loop.list_loops()
+    name = os.path.basename(device)
+    wanted = {(os.stat(device).st_rdev, offset)}
+    wanted |= {(lo.backing_dev, lo.offset + offset) for lo in loops if lo.name == name}
+    return next((f"/dev/{lo.name}" for lo in loops
+                 if lo.name != name and (lo.backing_dev, lo.offset) in wanted), None)
+
+
+def old_overlay(plan: emmc.EmmcPlan) -> tuple[str, bool] | None:
+    """A device showing the old overlay (ext4 at the 64 KiB boundary after the old root, or at the
+    start of the rootfs_data partition), while nothing has been written, and whether it was made here
+    (the caller detaches it). A loop device already over it comes first: a mount left behind by the
+    release is then shared, never doubled through a second device. None when there is no ext4 there."""
+    if plan.overlay.partition != plan.root.partition:
+        device, offset = plan.overlay.device, 0
+    else:
+        device = plan.root.device
+        offset = blockdev.overlay_offset(blockdev.squashfs_bytes_used(device))
+    with open(device, "rb") as f:
+        f.seek(offset + 1080)
+        if f.read(2) != b"\x53\xef":
+            return None
+    existing = _loop_over(device, offset)
+    if existing or offset == 0:
+        return existing or device, False
+    return loop.attach(device, offset=offset), True
 
 
 def describe(plan: emmc.EmmcPlan) -> Mapping[str, object]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,26 @@ import pytest
 
 from sandbox import images as imagesmod
 from sandbox.device import Boot, Device
-from wrtcore import log
+from wrtcore import log, loop
+
+LOOPS_GONE_WITHIN = 10.0  # s: a killed device's namespaces (and the autoclear loops they held) go lazily
+
+
+@pytest.fixture(autouse=True)
+def _no_loop_device_left() -> Iterator[None]:
+    """Every loop device a test attaches is gone after it, its stacked views included: a leftover fails
+    the test, after being detached (the next test and the machine start clean)."""
+    before = {lo.name for lo in loop.list_loops()}
+    yield
+    deadline = time.monotonic() + LOOPS_GONE_WITHIN
+    while (left := [lo for lo in loop.list_loops() if lo.name not in before]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the kernel's release of autoclear loops: there is no event to wait on
+    for _ in range(len(left)):  # views first: a device backing another cannot go before it
+        for lo in left:
+            with contextlib.suppress(OSError):
+                loop.detach(f"/dev/{lo.name}")
+    assert not left, "loop devices left attached: " + ", ".join(
+        f"{lo.name} ({lo.backing_file} @{lo.offset})" for lo in left)
 
 
 def _probe() -> str | None:
