@@ -47,35 +47,28 @@ Runs after the pivot in a minimal ramfs: standard library and ``wrtcore`` only.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
 import mmap
 import os
-import queue
-import stat
-import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from stage2.writers.source import SourceError, Stream, read_source, source_size
+from stage2.writers.chunks import Check, Checks, Chunk, Worker
+from stage2.writers.readback import verify
+from stage2.writers.source import SourceError, Stream, source_size
+from stage2.writers.target import FILE_ALIGN, Target, device_size, inspect, open_target, reason
 from wrtcore import log
 from wrtcore.errors import InvalidInput, WriteError
 
-# <linux/fs.h>
-BLKFLSBUF = 0x1261
-BLKSSZGET = 0x1268
-BLKGETSIZE64 = 0x80081272
+__all__ = ["FILE_ALIGN", "Check", "FindHeld", "Held", "Progress", "WriteReport", "device_size", "write_image"]
 
-FILE_ALIGN = 4096  # O_DIRECT alignment assumed for regular files (safe for every common filesystem)
-_BUFFERS = 2  # one being filled and hashed, one being written (or read back)
+_BUFFERS = 2  # one being filled and hashed, one being written
 
 Progress = Callable[[int, int | None], None]
-Check = Callable[[memoryview], None]  # called with each chunk's bytes, in order (see ``write_image``)
 
 
 @dataclass(frozen=True)
@@ -103,147 +96,6 @@ class WriteReport:
     compressed: bool  # the source was gzip and was inflated on the way
 
 
-@dataclass(frozen=True)
-class _Target:
-    path: str
-    block: bool
-    capacity: int | None  # bytes the image may occupy up to (a target offset), None: unbounded
-    align: int  # logical block size: O_DIRECT granularity
-
-
-def device_size(path: str) -> int:
-    """Size in bytes of a block device (BLKGETSIZE64) or a regular file (st_size)."""
-    st = _stat(path)
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    if not stat.S_ISBLK(st.st_mode):
-        raise InvalidInput(f"{path}: not a block device or regular file")
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return _ioctl_u64(fd, BLKGETSIZE64)
-    finally:
-        os.close(fd)
-
-
-def _stat(path: str) -> os.stat_result:
-    try:
-        return os.stat(path)
-    except OSError as exc:
-        raise InvalidInput(f"{path}: {exc.strerror}") from None
-
-
-def _ioctl_u64(fd: int, request: int) -> int:
-    return int(struct.unpack("=Q", fcntl.ioctl(fd, request, bytes(8)))[0])
-
-
-def _ioctl_int(fd: int, request: int) -> int:
-    return int(struct.unpack("=i", fcntl.ioctl(fd, request, bytes(4)))[0])
-
-
-def _inspect(path: str, end: int | None) -> _Target:
-    st = _stat(path)
-    if stat.S_ISBLK(st.st_mode):
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size, align = _ioctl_u64(fd, BLKGETSIZE64), _ioctl_int(fd, BLKSSZGET)
-        finally:
-            os.close(fd)
-        return _Target(path, True, size if end is None else min(size, end), align)
-    if stat.S_ISREG(st.st_mode):
-        return _Target(path, False, end, FILE_ALIGN)
-    raise InvalidInput(f"{path}: not a block device or regular file")
-
-
-class _Chunk:
-    """A page-aligned buffer and the piece of the image it holds."""
-
-    def __init__(self, size: int) -> None:
-        self.buf = mmap.mmap(-1, size)
-        self.view = memoryview(self.buf)
-        self.pos = 0  # offset of this piece in the image
-        self.size = 0  # bytes of the image it holds
-        self.got = 0  # bytes read back (verify)
-        self.error: BaseException | None = None
-        self.error_at = 0  # target offset where the failing call started
-
-    def close(self) -> None:
-        self.view.release()
-        # A traceback may still hold a slice of the buffer; then the mapping goes with the garbage.
-        with contextlib.suppress(BufferError):
-            self.buf.close()
-
-
-class _Worker:
-    """One thread applying ``fn`` to chunks in submission order; stops working after the first failure."""
-
-    def __init__(self, fn: Callable[[_Chunk], None], name: str) -> None:
-        self._fn = fn
-        self._todo: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
-        self.pending = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        failed = False
-        while (chunk := self._todo.get()) is not None:
-            if failed:
-                chunk.error = RuntimeError("not attempted after an earlier failure")
-            else:
-                try:
-                    self._fn(chunk)
-                except BaseException as exc:
-                    chunk.error = exc.with_traceback(None)
-                    failed = True
-            self._done.put(chunk)
-
-    def submit(self, chunk: _Chunk) -> None:
-        chunk.error = None
-        self.pending += 1
-        self._todo.put(chunk)
-
-    def take(self) -> _Chunk:
-        chunk = self._done.get()
-        self.pending -= 1
-        return chunk
-
-    def close(self) -> None:
-        self._todo.put(None)
-        self._thread.join()
-
-
-class _Checks:
-    """``check`` applied to the chunks in a thread of its own, in order, while they are written; after the
-    first failure the rest are passed over."""
-
-    def __init__(self, check: Check) -> None:
-        self._check = check
-        self.failure: tuple[int, BaseException] | None = None  # (image offset of the chunk, what it raised)
-        self._worker = _Worker(self._run, "check_image")
-        self._checked: set[int] = set()  # id() of the chunks whose check has returned
-
-    def _run(self, chunk: _Chunk) -> None:
-        if self.failure is not None:
-            return
-        try:
-            self._check(chunk.view[:chunk.size])
-        except BaseException as exc:
-            self.failure = (chunk.pos, exc.with_traceback(None))
-
-    def submit(self, chunk: _Chunk) -> None:
-        self._checked.discard(id(chunk))
-        self._worker.submit(chunk)
-
-    def wait(self, chunk: _Chunk | None = None) -> tuple[int, BaseException] | None:
-        """Wait until ``chunk``'s check (every check when None) has returned; the failure, if any."""
-        while self._worker.pending and (chunk is None or id(chunk) not in self._checked):
-            self._checked.add(id(self._worker.take()))
-        return self.failure
-
-    def close(self) -> None:
-        self._worker.close()
-
-
 class _Writer:
     """Runs in the worker thread: writes one chunk, all of it, or raises with ``chunk.error_at`` set."""
 
@@ -259,7 +111,7 @@ class _Writer:
         self.committed = False
         self._head: mmap.mmap | None = None
 
-    def hold(self, held: Held, chunk: _Chunk) -> bool:
+    def hold(self, held: Held, chunk: Chunk) -> bool:
         """Take ``held``'s bytes out of ``chunk`` (zeros go out in their place); False if they do not lie
         within it."""
         first = held.start - chunk.pos
@@ -303,7 +155,7 @@ class _Writer:
             self._head.close()
             self._head = None
 
-    def __call__(self, chunk: _Chunk) -> None:
+    def __call__(self, chunk: Chunk) -> None:
         data = chunk.view[:chunk.size]
         body = chunk.size - chunk.size % self.align if self.direct else chunk.size
         self._pwrite(chunk, data[:body], chunk.pos)
@@ -323,7 +175,7 @@ class _Writer:
             if end >= held.commit_at:
                 self.commit()
 
-    def _pwrite(self, chunk: _Chunk, data: memoryview, pos: int) -> None:
+    def _pwrite(self, chunk: Chunk, data: memoryview, pos: int) -> None:
         done = 0
         while done < len(data):
             chunk.error_at = self.base + pos + done
@@ -332,29 +184,6 @@ class _Writer:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             done += n
             self.wrote_any = True
-
-
-def _open_target(target: _Target, flags: int, direct: bool) -> tuple[int, bool]:
-    """Open with O_DIRECT if asked and possible; returns the fd and whether O_DIRECT is on."""
-    if direct:
-        try:
-            return os.open(target.path, flags | os.O_DIRECT | os.O_CLOEXEC), True
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.get().info("write_image", note="O_DIRECT refused, using the page cache", target=target.path)
-    return os.open(target.path, flags | os.O_CLOEXEC), False
-
-
-def _drop_cache(fd: int, target: _Target, offset: int, length: int) -> None:
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-    if target.block:
-        try:
-            fcntl.ioctl(fd, BLKFLSBUF, 0)
-        except OSError as exc:
-            log.get().warning("write_image", note="BLKFLSBUF failed; verify may read cached pages",
-                              error=exc.strerror)
 
 
 def write_image(source: BinaryIO, target: str, *, length: int | None = None, offset: int = 0,
@@ -385,7 +214,7 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     """
     if chunk_size <= 0 or offset < 0 or (length is not None and length < 0) or buffers < 2:
         raise ValueError("chunk_size must be positive, offset and length not negative, buffers at least 2")
-    info = _inspect(target, end)
+    info = inspect(target, end)
     start, available = source_size(source)
     try:
         stream = Stream(source, length, decompress=decompress)
@@ -409,7 +238,7 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
         raise InvalidInput(f"O_DIRECT needs offset and chunk_size multiples of {info.align}")
     flags = os.O_WRONLY | (os.O_EXCL if info.block and exclusive else 0)
     try:
-        fd, use_direct = _open_target(info, flags, use_direct)
+        fd, use_direct = open_target(info, flags, use_direct)
     except OSError as exc:
         reason = "target busy (mounted or in use)" if exc.errno == errno.EBUSY else "cannot open target"
         raise WriteError(f"{reason}: {exc.strerror}", offset=offset, written=False) from exc
@@ -439,7 +268,7 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
                              ) from exc
         duration = time.monotonic() - started
         started = time.monotonic()
-        _verify(info, offset, use_direct, chunk_size, stream.produced, digests, source, start, length,
+        verify(info, offset, use_direct, chunk_size, stream.produced, digests, source, start, length,
                 compare_source=compare, decompress=decompress)
         verify_duration = time.monotonic() - started
     except WriteError as exc:
@@ -459,18 +288,18 @@ def write_image(source: BinaryIO, target: str, *, length: int | None = None, off
     return report
 
 
-def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, total: int | None,
+def _write_all(stream: Stream, writer: _Writer, info: Target, chunk_size: int, total: int | None,
                progress: Progress | None, hash_chunks: bool = True, hold: FindHeld | None = None,
                buffers: int = _BUFFERS, check: Check | None = None) -> list[bytes]:
     """Stream the image through ``buffers`` buffers; returns the per-chunk digests (empty placeholders when
     ``hash_chunks`` is off: the verify then compares with the source itself)."""
     digests: list[bytes] = []
-    chunks = [_Chunk(chunk_size) for _ in range(buffers)]
+    chunks = [Chunk(chunk_size) for _ in range(buffers)]
     spare = list(chunks)
-    worker = _Worker(writer, "write_image")
-    checks = _Checks(check) if check is not None else None
+    worker = Worker(writer, "write_image")
+    checks = Checks(check) if check is not None else None
 
-    def checked(chunk: _Chunk | None = None) -> None:
+    def checked(chunk: Chunk | None = None) -> None:
         """Wait for ``chunk``'s check (every check when None); stop the pass if one failed."""
         failure = checks.wait(chunk) if checks is not None else None
         if failure is not None:
@@ -478,9 +307,9 @@ def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, 
             raise WriteError(str(failure[1]), offset=writer.base + failure[0], written=writer.wrote_any,
                              hint="the source's check failed") from failure[1]
 
-    def completed(chunk: _Chunk) -> None:
+    def completed(chunk: Chunk) -> None:
         if chunk.error is not None:
-            raise WriteError(f"write failed: {_reason(chunk.error)}", offset=chunk.error_at,
+            raise WriteError(f"write failed: {reason(chunk.error)}", offset=chunk.error_at,
                              written=writer.wrote_any) from chunk.error
         if progress is not None:
             progress(chunk.pos + chunk.size, total)
@@ -530,7 +359,7 @@ def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, 
             try:
                 writer.commit()
             except OSError as exc:
-                raise WriteError(f"write failed: {_reason(exc)}", offset=writer.base + writer.held.start,
+                raise WriteError(f"write failed: {reason(exc)}", offset=writer.base + writer.held.start,
                                  written=True, hint="the held root head") from exc
     finally:
         worker.close()
@@ -541,109 +370,7 @@ def _write_all(stream: Stream, writer: _Writer, info: _Target, chunk_size: int, 
     return digests
 
 
-def _reason(exc: BaseException) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-def _drain(worker: _Worker) -> None:
+def _drain(worker: Worker) -> None:
     """Let the writes already submitted finish, so ``wrote_any`` is final."""
     while worker.pending:
         worker.take()
-
-
-def _verify(info: _Target, base: int, direct: bool, chunk_size: int, produced: int, digests: list[bytes],
-            source: BinaryIO, start: int | None, length: int | None, compare_source: bool = False,
-            decompress: bool = True) -> None:
-    """Drop the target's cached pages, read the image's extent back and compare it: with the source
-    re-read (``compare_source``), else with the chunk digests taken while writing."""
-    try:
-        fd, direct = _open_target(info, os.O_RDONLY, direct)
-    except OSError as exc:
-        raise WriteError(f"verify failed: cannot open target: {exc.strerror}", offset=base,
-                         written=True) from exc
-    align = info.align if direct else 1
-
-    def read(chunk: _Chunk) -> None:
-        want = -(-chunk.size // align) * align  # O_DIRECT reads whole blocks
-        got = 0
-        while got < want:
-            chunk.error_at = base + chunk.pos + got
-            n = os.preadv(fd, [chunk.view[got:want]], base + chunk.pos + got)
-            if n == 0 or (direct and n % align):  # end of the target
-                got += n
-                break
-            got += n
-        chunk.got = min(got, chunk.size)
-
-    chunks = [_Chunk(chunk_size) for _ in range(_BUFFERS)]
-    expected = _Chunk(chunk_size) if compare_source else None
-    worker = _Worker(read, "verify_image")
-    count = len(digests)
-    try:
-        _drop_cache(fd, info, base, produced)
-        queued = 0
-        for chunk in chunks[:count]:
-            chunk.pos, chunk.size = queued * chunk_size, min(chunk_size, produced - queued * chunk_size)
-            worker.submit(chunk)
-            queued += 1
-        for index in range(count):
-            chunk = worker.take()
-            if chunk.error is not None:
-                raise WriteError(f"verify read failed: {_reason(chunk.error)}", offset=chunk.error_at,
-                                 written=True) from chunk.error
-            if expected is not None and start is not None:
-                want = read_source(source, start + chunk.pos, expected.view[:chunk.size])
-                actual = chunk.view[:chunk.got]
-                if chunk.got < chunk.size or want.tobytes() != actual.tobytes():
-                    first = _first_difference(want, actual)
-                    raise WriteError("verify mismatch", offset=base + chunk.pos + first, written=True,
-                                     hint=f"first differing byte; chunk {index} of {count}")
-            elif chunk.got < chunk.size or hashlib.sha256(chunk.view[:chunk.got]).digest() != digests[index]:
-                pos, how = _locate(chunk, index, chunk_size, digests, source, start, length, decompress)
-                raise WriteError("verify mismatch", offset=base + pos, written=True,
-                                 hint=f"{how}; chunk {index} of {count}")
-            if queued < count:
-                chunk.pos, chunk.size = queued * chunk_size, min(chunk_size, produced - queued * chunk_size)
-                worker.submit(chunk)
-                queued += 1
-    finally:
-        worker.close()
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, base, produced, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-        for chunk in chunks:
-            chunk.close()
-        if expected is not None:
-            expected.close()
-
-
-def _locate(readback: _Chunk, index: int, chunk_size: int, digests: list[bytes], source: BinaryIO,
-            start: int | None, length: int | None, decompress: bool = True) -> tuple[int, str]:
-    """Image offset of the first byte of chunk ``index`` that differs, regenerating it from the source."""
-    if start is None:
-        return readback.pos, "first differing chunk (the source cannot be re-read)"
-    scratch = _Chunk(chunk_size)
-    try:
-        source.seek(start)
-        stream = Stream(source, length, decompress=decompress)
-        n = 0
-        for _ in range(index + 1):
-            n = stream.fill(scratch.view)
-        if n != readback.size or hashlib.sha256(scratch.view[:n]).digest() != digests[index]:
-            return readback.pos, "first differing chunk (the source changed since it was written)"
-        first = _first_difference(scratch.view[:n], readback.view[:readback.got])
-        return readback.pos + first, "first differing byte"
-    except (OSError, ValueError, SourceError):
-        return readback.pos, "first differing chunk (the source could not be re-read)"
-    finally:
-        scratch.close()
-
-
-def _first_difference(expected: memoryview, actual: memoryview) -> int:
-    """Index of the first differing byte (``len(actual)`` when it is a short prefix of ``expected``)."""
-    step = 4096
-    for base in range(0, min(len(expected), len(actual)), step):
-        a, b = expected[base:base + step], actual[base:base + step]
-        if a != b:
-            return base + next(i for i in range(min(len(a), len(b))) if a[i] != b[i])
-    return min(len(expected), len(actual))

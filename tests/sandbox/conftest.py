@@ -18,16 +18,34 @@ from sandbox.device import Boot, Device
 from wrtcore import log, loop
 
 LOOPS_GONE_WITHIN = 10.0  # s: a killed device's namespaces (and the autoclear loops they held) go lazily
+TMPFS_PREFIX = "wrt-tmpfs-"  # the tmpfs_dir fixture's directories
+
+
+def _loops_of(run_dirs: tuple[str, ...], before: set[str]) -> list[loop.LoopDevice]:
+    """The loop devices attached since ``before`` over a file of this test run (``run_dirs``), and the
+    views stacked on them (a view made inside a device's namespaces names its backing ``/loopN``).
+    Other loop devices on the machine (another test run's) are not ours to judge or detach."""
+    loops = [lo for lo in loop.list_loops() if lo.name not in before]
+    mine = {lo.name for lo in loops if lo.backing_file.startswith(run_dirs)}
+    grew = True
+    while grew:
+        grew = False
+        for lo in loops:
+            if lo.name not in mine and os.path.basename(lo.backing_file) in mine:
+                mine.add(lo.name)
+                grew = True
+    return [lo for lo in loops if lo.name in mine]
 
 
 @pytest.fixture(autouse=True)
-def _no_loop_device_left() -> Iterator[None]:
+def _no_loop_device_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every loop device a test attaches is gone after it, its stacked views included: a leftover fails
     the test, after being detached (the next test and the machine start clean)."""
     before = {lo.name for lo in loop.list_loops()}
     yield
+    run_dirs = (str(tmp_path_factory.getbasetemp()), os.path.join(tempfile.gettempdir(), TMPFS_PREFIX))
     deadline = time.monotonic() + LOOPS_GONE_WITHIN
-    while (left := [lo for lo in loop.list_loops() if lo.name not in before]) and time.monotonic() < deadline:
+    while (left := _loops_of(run_dirs, before)) and time.monotonic() < deadline:
         time.sleep(0.05)  # polling the kernel's release of autoclear loops: there is no event to wait on
     for _ in range(len(left)):  # views first: a device backing another cannot go before it
         for lo in left:
@@ -72,7 +90,7 @@ def device(images: imagesmod.Images, tmp_path: Path) -> Iterator[Device]:
 @pytest.fixture
 def tmpfs_dir() -> Iterator[Path]:
     """A tmpfs of our own (resizable with remount), unmounted at the end."""
-    where = Path(tempfile.mkdtemp(prefix="wrt-tmpfs-"))
+    where = Path(tempfile.mkdtemp(prefix=TMPFS_PREFIX))
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "wrt-test", str(where)], check=True)
     try:
         yield where

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from swu_corpus import cpio_bytes
 
-from stage2.writers import block
+from stage2.writers import readback
 from swu import bootenv, cli
 from wrtcore import loop
 
@@ -145,7 +145,7 @@ def test_verify_failure_leaves_environment_unchanged(disk: Disk, tmp_path: Path,
     bundle = _bundle(tmp_path / "ab.swu", [("rootfs.img", image)], ab_description(image, disk))
     running = disk.read(disk.slot_a)
     env_before = disk.read(disk.env_dev)
-    real_drop = block._drop_cache  # the block writer drops the target's caches, then reads it back
+    real_drop = readback.drop_cache  # the block writer drops the target's caches, then reads it back
 
     def lose_a_write(fd: int, target: object, offset: int, length: int) -> None:
         if length == len(image):
@@ -156,7 +156,7 @@ def test_verify_failure_leaves_environment_unchanged(disk: Disk, tmp_path: Path,
                 os.fsync(f.fileno())
         real_drop(fd, target, offset, length)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(block, "_drop_cache", lose_a_write)
+    monkeypatch.setattr(readback, "drop_cache", lose_a_write)
     assert cli.main(_args(disk, bundle, "copy-2")) == 1
     err = capsys.readouterr().err
     found = re.search(r"verify mismatch at offset (\d+) \(first differing byte; chunk 5 of 8\); bytes were "
