@@ -17,7 +17,7 @@ from stage2.formats import fwtool
 from stage2.machine import Context, Step
 from stage2.plan import Plan, Target, plan_upgrade
 from stage2.platforms import emmc_write, flash, nand
-from stage2.platforms.profile import Kind, Profile, Writer, current
+from stage2.platforms.profile import ConfigMethod, Kind, Profile, Writer, current
 from stage2.report import save_failure
 from stage2.states import State
 from swu import local as swu_local
@@ -95,8 +95,15 @@ def validating(ctx: Context) -> None:
         env=ctx.env, target_devs=target_devs,
     )
     ctx.data["plan"] = plan
-    for line in plan.describe():
+    for line in plan.describe(CONFIG_PLACES.get(profile.config_method)):
         log.get().info("plan", step=line)
+
+
+CONFIG_PLACES = {  # where each platform kind carries the configuration archive over (plan text)
+    ConfigMethod.JFFS2: "the firmware partition as jffs2, at the image's first DE AD C0 DE block (mtd -j)",
+    ConfigMethod.UBIFS: "the new ubifs rootfs_data volume as sysupgrade.tgz",
+    ConfigMethod.EMMC_OVERLAY: "the overlay start, raw (preinit unpacks it, then formats the overlay)",
+}
 
 
 def flash_target(profile: Profile) -> tuple[Target, frozenset[int]]:

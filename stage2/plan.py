@@ -39,15 +39,17 @@ class Plan:
     prefix: str = RAMFS_PREFIX
     target_devs: frozenset[int] = field(default_factory=frozenset)
 
-    def describe(self) -> list[str]:
+    def describe(self, config_to: str | None = None) -> list[str]:
+        """The plan in words; ``config_to``: where the platform puts the configuration archive (default:
+        the new image's boot partition, x86)."""
         lines = [
             f"write {self.payload_length} bytes of {self.image} to {self.target.disk}"
             f" ({self.target.size} bytes), streamed, fsync, read back and compared",
             f"build a ramfs at {self.prefix}, pivot with the old root at {OLD_ROOT}, re-exec from it",
         ]
         if self.backup:
-            lines.append(f"copy {self.backup} to partition {self.target.boot_partition} of the new image"
-                         " as sysupgrade.tgz")
+            where = config_to or f"partition {self.target.boot_partition} of the new image as sysupgrade.tgz"
+            lines.append(f"copy {self.backup} to {where}")
         else:
             lines.append("keep no configuration")
         return lines

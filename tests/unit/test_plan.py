@@ -107,6 +107,17 @@ def test_describe_names_sizes_ramfs_and_backup() -> None:
     ]
 
 
+def test_describe_says_where_a_flash_board_puts_the_config() -> None:
+    from stage2.before import CONFIG_PLACES
+    from stage2.platforms.profile import ConfigMethod
+
+    lines = upgrade().describe(CONFIG_PLACES[ConfigMethod.JFFS2])
+    assert lines[-1] == ("copy /tmp/sysupgrade.tgz to the firmware partition as jffs2, at the image's first "
+                         "DE AD C0 DE block (mtd -j)")
+    assert not any("partition 1" in line for line in lines)
+    assert set(CONFIG_PLACES) == set(ConfigMethod) - {ConfigMethod.BOOT_PARTITION}
+
+
 # --- plan_release --------------------------------------------------------------------------------------
 
 DISK = os.makedev(7, 0)   # the flash target (loop0)
