@@ -22,7 +22,7 @@ import structlog  # noqa: F401  (wrtcore.log imports it only when set up: the ra
 from stage2 import release
 from stage2.formats import jffs2  # noqa: F401  (imported by the MTD writer only for mtd -j: the ramfs must hold it)
 from stage2.machine import Context, Step, run
-from stage2.platforms import emmc, emmc_write, nand, x86
+from stage2.platforms import emmc, emmc_write, flash_failure, nand, x86
 from stage2.platforms.profile import ConfigMethod, Kind, Profile, Writer
 from stage2.report import (
     Report,
@@ -344,11 +344,20 @@ def _report_failure_emmc(ctx: Context) -> None:
 
 def report_failure(ctx: Context) -> None:
     plan = ctx.data["plan"]
-    if profile_of(ctx).writer is Writer.EMMC:
+    profile = profile_of(ctx)
+    if profile.writer is Writer.EMMC:
         if plan.get("emmc"):
             _report_failure_emmc(ctx)
         else:  # a .swu bundle: no eMMC plan, no place known
             log.get().error("report not saved", reason="no eMMC plan")
+        return
+    if profile.writer is Writer.MTD:
+        jffs2_at = ctx.report.details.get("mtd", {}).get("jffs2_offset")  # set when mtd -j wrote it
+        flash_failure.save_nor(ctx.report, plan["disk"], jffs2_at)
+        return
+    if profile.writer is Writer.UBI:
+        number = ctx.data.get("ubi_device")
+        flash_failure.save_ubi(ctx.report, profile, int(number) if number is not None else None)
         return
     save_failure(ctx.report, plan["disk"], int(plan["boot_partition"]))
 

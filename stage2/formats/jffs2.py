@@ -33,6 +33,7 @@ MAGIC = 0x1985
 NODETYPE_DIRENT = 0xE001  # INCOMPAT | ACCURATE | 1
 NODETYPE_INODE = 0xE002  # INCOMPAT | ACCURATE | 2
 NODETYPE_CLEANMARKER = 0x2003  # RWCOMPAT_DELETE | ACCURATE | 3
+NODE_ACCURATE = 0x2000  # cleared on NOR to obsolete a node in place
 EOF_MARKER = b"\xde\xad\xc0\xde"  # a byte sequence, the same for both byte orders
 DT_DIR = 4
 DT_REG = 8
@@ -87,15 +88,23 @@ class Numbers:
 
 
 def scan_block(block: bytes | bytearray | memoryview, numbers: Numbers, directory: str = "",
-               endian: Endian = NATIVE) -> None:
+               endian: Endian = NATIVE, *, every_node: bool = False) -> None:
     """Learn the highest inode and version of the dirents in one erase block of an existing jffs2, and the
-    inode of ``directory`` (a dirent under the root whose name is a prefix of it, as OpenWrt compares)."""
+    inode of ``directory`` (a dirent under the root whose name is a prefix of it, as OpenWrt compares).
+    ``every_node``: also the inode nodes and the obsolete nodes, which OpenWrt's counters leave out; a
+    jffs2 the kernel wrote (files deleted, nodes superseded) needs them to keep a new inode unique."""
     f = _fmt(endian)
     ofs = 0
     while ofs + 12 <= len(block):
         magic, nodetype, totlen = struct.unpack_from(f + "HHI", block, ofs)
         if magic != MAGIC or totlen < 12:
             break
+        if every_node:
+            nodetype |= NODE_ACCURATE
+            if nodetype == NODETYPE_INODE and ofs + INODE_SIZE <= len(block):
+                ino, version = struct.unpack_from(f + "II", block, ofs + 12)
+                numbers.last_ino = max(numbers.last_ino, ino)
+                numbers.last_version = max(numbers.last_version, version)
         if nodetype == NODETYPE_DIRENT and ofs + DIRENT_SIZE <= len(block):
             pino, version, ino, _mctime, nsize = struct.unpack_from(f + "IIIIB", block, ofs + 12)
             name = bytes(block[ofs + DIRENT_SIZE:ofs + DIRENT_SIZE + nsize])
@@ -228,9 +237,11 @@ def config_blocks(meta: FileMeta | None, data: bytes, erasesize: int, endian: En
 
 
 def append_blocks(meta: FileMeta | None, data: bytes, erasesize: int, numbers: Numbers,
-                  directory: str = "", endian: Endian = NATIVE) -> list[bytes]:
+                  directory: str = "", endian: Endian = NATIVE, *, end_marker: bool = True) -> list[bytes]:
     """The erase blocks ``mtd jffs2write`` writes after an existing jffs2 whose blocks were scanned into
-    ``numbers`` (``directory`` is created under the root when the scan did not find it)."""
+    ``numbers`` (``directory`` is created under the root when the scan did not find it). ``end_marker``
+    False leaves the end-of-filesystem block out: the file alone, for a jffs2 in use (blocks after a
+    marker are erased on the next boot)."""
     blocks: list[bytes] = []
     b = _Builder(erasesize, endian, numbers, blocks.append)
     if not directory:
@@ -242,7 +253,10 @@ def append_blocks(meta: FileMeta | None, data: bytes, erasesize: int, numbers: N
     if meta is not None:
         _check(meta, data)
         b.file(meta, data, numbers.target_ino)
-    b.finish()
+    if end_marker:
+        b.finish()
+    else:
+        b.pad(b.size)
     return blocks
 
 

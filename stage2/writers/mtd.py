@@ -83,7 +83,7 @@ class VerifyReport(NamedTuple):
         return self.first_difference is None
 
 
-def _config(path: str) -> tuple[FileMeta | None, bytes]:
+def read_config(path: str) -> tuple[FileMeta | None, bytes]:
     from stage2.formats import jffs2
 
     try:
@@ -118,7 +118,7 @@ class _Jffs2Config:
             self.jffs2.scan_block(block, self.numbers, "", self.endian)
             return None
         self.pending = False
-        meta, data = _config(self.path)
+        meta, data = read_config(self.path)
         return self.jffs2.config_blocks(meta, data, self.erasesize, self.endian, self.numbers)
 
 
@@ -328,7 +328,7 @@ def jffs2write_flash(path: str, flash: Flash, *, name: str = "", directory: str 
             break
         jffs2.scan_block(block, numbers, directory, endian)
         pos += size
-    meta, data = _config(path)
+    meta, data = read_config(path)
     blocks = jffs2.append_blocks(meta, data, size, numbers, directory, endian)
     log.get().info("mtd_jffs2write", note=f"Appending {path} to jffs2 partition {name}", offset=pos)
     try:
