@@ -21,7 +21,7 @@ from stage2.platforms.profile import ConfigMethod, Kind, Profile, Writer, curren
 from stage2.report import save_failure
 from stage2.states import State
 from swu import local as swu_local
-from wrtcore import blockdev, cmdline, log, mounts, partitions
+from wrtcore import blockdev, cmdline, log, mounts, partitions, syscalls
 from wrtcore import mtd as mtdio
 from wrtcore.errors import InvalidInput, UpgradeError
 
@@ -183,6 +183,13 @@ def record_before_write(ctx: Context, plan: Plan) -> None:
 def pivoting(ctx: Context) -> None:
     plan: Plan = ctx.data["plan"]
     image: ramfs.RamfsImage = ctx.data["ramfs"]
+    # Nothing writes to the old overlay any more (services stopped, processes killed): its dirty pages
+    # go to the disk now, so that a cut from here on finds what the owner changed whole. Without it a
+    # cut before the release's read-only remount found a config file just replaced by rename (sed -i,
+    # uci commit) empty: the rename on disk, its data still in the page cache (CI saw it).
+    started = time.monotonic()
+    syscalls.sync()
+    ctx.report.details["sync_seconds"] = round(time.monotonic() - started, 4)
     record_before_write(ctx, plan)
     ctx.report.details["pivot_at"] = time.time()
     ctx.report.details["pid1_peak_rss_kb_before_pivot"] = report.peak_rss_kb()
