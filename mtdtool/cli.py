@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import BinaryIO, TextIO
 
 from stage2.writers import mtd as writer
 from stage2.writers import roothead
 from wrtcore import log
 from wrtcore.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, InvalidInput, UpgradeError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
+if TYPE_CHECKING:  # annotations only: typing and collections.abc cost start-up (see wrtcore.light_tuple)
+    from collections.abc import Sequence
+    from typing import BinaryIO, TextIO
 
 USAGE = """\
 Usage: mtd [<options> ...] <command> [<arguments> ...] <device>

@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stage2.formats import fwtool
 from stage2.formats.jffs2 import EOF_MARKER
@@ -35,6 +35,9 @@ from stage2.writers import mtd
 from wrtcore import log, partitions, syscalls
 from wrtcore.errors import UpgradeError
 from wrtcore.mtd import MtdInfo
+
+if TYPE_CHECKING:
+    from stage2.writers.mtdblocks import Flash
 
 REPORT_NAME = "upgrade-report.json"
 # the old overlay's top directory (beside upper/ and work/, outside the root it shows): it outlives a
@@ -199,7 +202,7 @@ class _Window:
     """The ``Flash`` from ``start`` to its end, as a device of its own: the jffs2 ``mtd -j`` wrote inside
     ``firmware`` (the old ``rootfs_data`` partition lies where the old image put it)."""
 
-    def __init__(self, flash: mtd.Flash, start: int) -> None:
+    def __init__(self, flash: Flash, start: int) -> None:
         self.flash, self.start = flash, start
         self.info: MtdInfo = flash.info._replace(size=flash.info.size - start)
 
@@ -222,7 +225,7 @@ class _Window:
         return self.flash.read(self.start + offset, into)
 
 
-def _eof_block(flash: mtd.Flash) -> int | None:
+def _eof_block(flash: Flash) -> int | None:
     """Offset of the jffs2's end-of-filesystem block (``DE AD C0 DE``), None when it has none."""
     head = bytearray(len(EOF_MARKER))
     for pos in range(0, flash.info.size, flash.info.erasesize):

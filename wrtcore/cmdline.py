@@ -7,7 +7,10 @@ line in ``WRT_CMDLINE``; everywhere else it is /proc/cmdline.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def parse(text: str) -> dict[str, str]:

@@ -10,14 +10,17 @@ and ``component``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator, MutableMapping
-from typing import Any
 
 from wrtcore import cmdline
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
+if TYPE_CHECKING:  # annotations only: the mtd command's start-up (see wrtcore.light_tuple)
+    from collections.abc import Iterator, MutableMapping
+    from contextlib import AbstractContextManager
+    from typing import Any
 
 _sinks: list[int] = []
 _journal_fd: int | None = None
@@ -34,8 +37,10 @@ def _json_sink(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Mu
     record = {"ts": round(time.time(), 6), "component": _component, "level": method, **event}
     line = (json.dumps(record, default=str, sort_keys=False) + "\n").encode()
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - no contextlib: the light commands' start-up
             os.write(fd, line)
+        except OSError:
+            pass
     return event
 
 
@@ -93,8 +98,10 @@ def journal(path: str | None) -> None:
     """Also append every record to ``path`` (opened O_APPEND); None closes the journal."""
     global _journal_fd
     if _journal_fd is not None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - as above
             os.close(_journal_fd)
+        except OSError:
+            pass
         _journal_fd = None
     if path:
         _journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -111,8 +118,10 @@ class _LightLogger:
 
     def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
         record = _json_sink(None, method, {"event": event, **self._context, **fields})
-        with contextlib.suppress(OSError, ValueError):
+        try:  # noqa: SIM105 - as above
             _light.write(_console(None, method, record) + "\n")
+        except (OSError, ValueError):
+            pass
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit("debug", event, fields)
@@ -138,9 +147,14 @@ def get(**context: Any) -> Any:
     return structlog.get_logger().bind(**context)
 
 
-@contextlib.contextmanager
-def step(name: str, **context: Any) -> Iterator[None]:
+def step(name: str, **context: Any) -> AbstractContextManager[None]:
     """Time a nested step: the log becomes a timing profile."""
+    import contextlib  # here: the light commands never time steps
+
+    return contextlib.contextmanager(_timed)(name, context)
+
+
+def _timed(name: str, context: dict[str, Any]) -> Iterator[None]:
     log = get()
     start = time.monotonic()
     try:

@@ -11,7 +11,12 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-from typing import NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from wrtcore.light_tuple import NamedTuple
 
 # <mtd/mtd-abi.h>: struct mtd_info_user {u8 type; u32 flags, size, erasesize, writesize, oobsize; u64 padding}
 _INFO = struct.Struct("=B3xIIIIIQ")

@@ -16,11 +16,14 @@ Only for a jffs2 that nobody has mounted read-write: the caller checks.
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from stage2.formats import jffs2
 from stage2.writers.mtd import read_config
-from stage2.writers.mtdblocks import Flash, MtdError, Programmer
+from stage2.writers.mtdblocks import MtdError, Programmer
+
+if TYPE_CHECKING:
+    from stage2.writers.mtdblocks import Flash
 
 
 class Placed(NamedTuple):

@@ -33,24 +33,29 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from stage2.writers.mtdblocks import Flash, HeldBlock, MtdError, Programmer, first_difference
+from stage2.writers.mtdblocks import HeldBlock, MtdError, Programmer, first_difference
 from stage2.writers.source import SourceError, Stream, source_size
 from wrtcore import log
 from wrtcore import mtd as mtdio
 from wrtcore.errors import InvalidInput
 
-__all__ = ["CHUNK", "Flash", "MtdError", "MtdReport", "VerifyReport", "erase_flash", "erase_mtd",
+__all__ = ["CHUNK", "MtdError", "MtdReport", "VerifyReport", "erase_flash", "erase_mtd",
            "jffs2write", "jffs2write_flash", "open_device", "unlock_mtd", "verify_flash", "verify_mtd",
            "write_flash", "write_mtd"]
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
+if TYPE_CHECKING:  # typing, collections.abc: annotations only (see wrtcore.light_tuple)
+    from collections.abc import Callable
+    from typing import BinaryIO, NamedTuple
+
     from stage2.formats.jffs2 import Endian, FileMeta
     from stage2.writers.block import FindHeld
+    from stage2.writers.mtdblocks import Flash
 
-Progress = Callable[[int, int | None], None]
+    Progress = Callable[[int, int | None], None]
+else:
+    from wrtcore.light_tuple import NamedTuple
 CHUNK = 1 << 20  # bytes per erase/write/read-back call on NOR (fewer calls; measured best in the VM)
 
 

@@ -21,29 +21,30 @@ start-up pays under emulation).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
 
 from wrtcore import log
 from wrtcore import mtd as mtdio
 from wrtcore.errors import WriteError
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
+if TYPE_CHECKING:  # typing.Protocol costs the mtd command's start-up: a type for the checker only
+    from typing import Protocol
+
     from stage2.writers.block import FindHeld
+
+    class Flash(Protocol):
+        info: mtdio.MtdInfo
+
+        def erase(self, offset: int, length: int) -> None: ...
+        def unlock(self, offset: int, length: int) -> None: ...
+        def is_bad(self, offset: int) -> bool: ...
+        def mark_bad(self, offset: int) -> None: ...
+        def write(self, offset: int, data: bytes | bytearray | memoryview) -> int: ...
+        def read(self, offset: int, into: bytearray | memoryview) -> int: ...
 
 
 class MtdError(WriteError):
     """A failure on the flash: ``offset`` in the device, ``written``: the device was changed before it."""
-
-
-class Flash(Protocol):
-    info: mtdio.MtdInfo
-
-    def erase(self, offset: int, length: int) -> None: ...
-    def unlock(self, offset: int, length: int) -> None: ...
-    def is_bad(self, offset: int) -> bool: ...
-    def mark_bad(self, offset: int) -> None: ...
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> int: ...
-    def read(self, offset: int, into: bytearray | memoryview) -> int: ...
 
 
 class Programmer:

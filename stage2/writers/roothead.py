@@ -27,10 +27,11 @@ block writer (for ``Held``) and the partition table parser are imported when fir
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from stage2.writers.block import FindHeld, Held
 
 SQUASHFS_MAGIC = b"hsqs"

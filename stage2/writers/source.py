@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable
-from typing import BinaryIO
 
 from wrtcore import log
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
+if TYPE_CHECKING:  # annotations only: the mtd command's start-up (see wrtcore.light_tuple)
+    from collections.abc import Callable
+    from typing import BinaryIO
 
 GZIP_MAGIC = b"\x1f\x8b"
 PIECE = 256 * 1024  # compressed bytes read, and inflated bytes produced, per zlib call

@@ -13,7 +13,7 @@ decides decompression. Peak memory: two erase blocks.
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from stage2.writers import mtd as mtd_writer
 from swu.decompress import Readable
@@ -22,6 +22,9 @@ from swu.handlers.source import ArtifactSource
 from swu.model import Artifact, SwuError
 from wrtcore import mtd as mtdio
 from wrtcore.errors import InvalidInput, WriteError
+
+if TYPE_CHECKING:
+    from stage2.writers.mtdblocks import Flash
 
 NAMES = ("flash",)
 NEEDS = ("mtd",)
@@ -52,7 +55,7 @@ def install(artifact: Artifact, src: Readable, call: Call) -> Result:
         return write_to(flash, name, artifact, src, call)
 
 
-def write_to(flash: mtd_writer.Flash, name: str, artifact: Artifact, src: Readable, call: Call) -> Result:
+def write_to(flash: Flash, name: str, artifact: Artifact, src: Readable, call: Call) -> Result:
     """Write ``src`` to the open ``flash`` (a real ``wrtcore.mtd.Device`` or a test double)."""
     what = describe(artifact)
     source = ArtifactSource(src, first_read_limit=1)
