@@ -133,8 +133,8 @@ def save_ubi(report: Report, profile: Profile, ubi_number: int | None) -> bool:
     _finish(report)
     try:
         if ubi_number is None:
-            names = nand.names_of(profile)
-            index = next((p.index for p in mtdio.partitions() if p.name in (names.ubipart, "rootfs")), None)
+            found = {p.name: p.index for p in mtdio.partitions()}
+            index = found.get(nand.names_of(profile).ubipart, found.get("rootfs"))  # as nand.prepare looks
             dev = ubi.device_on_mtd(index) if index is not None else None
             if dev is None:
                 raise UpgradeError("no UBI device attached on the flash")
