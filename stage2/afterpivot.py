@@ -19,7 +19,7 @@ import traceback
 
 import structlog  # noqa: F401  (wrtcore.log imports it only when set up: the ramfs must hold it)
 
-from stage2 import release
+from stage2 import ramfs, release
 from stage2.formats import jffs2  # noqa: F401  (imported by the MTD writer only for mtd -j: the ramfs must hold it)
 from stage2.machine import Context, Step, run
 from stage2.platforms import emmc, emmc_write, flash_failure, nand, x86
@@ -41,7 +41,6 @@ from wrtcore import blockdev, log, loop, power, syscalls, watchdog
 from wrtcore.errors import UpgradeError
 
 JOURNAL = "/tmp/upgrade-journal.jsonl"
-SWU_STEP = "stage2.swu_step"
 BOOT_MNT = "/boot"
 
 
@@ -94,7 +93,7 @@ def flashing(ctx: Context) -> None:
 
     ctx.report.first_write_after = round(time.time() - ctx.requested_at, 4)
     if plan.get("swu"):  # sysupgrade bundle.swu: imported only then (measured into the ramfs for it)
-        importlib.import_module(SWU_STEP).flash(ctx, progress)
+        importlib.import_module(ramfs.SWU_STEP).flash(ctx, progress)
     else:
         FLASHERS[profile_of(ctx).writer](ctx, progress)
     ctx.report.written = True

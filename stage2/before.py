@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from stage2 import ramfs, report, swu_step, terminate
+from stage2 import ramfs, report, terminate
 from stage2.formats import fwtool
 from stage2.machine import Context, Step
 from stage2.plan import Plan, Target, plan_upgrade
@@ -20,7 +20,7 @@ from stage2.platforms import emmc_write, flash, nand
 from stage2.platforms.profile import ConfigMethod, Kind, Profile, Writer, current
 from stage2.report import save_failure
 from stage2.states import State
-from swu import local as swu_local
+from swu.cpio import is_bundle_file
 from wrtcore import blockdev, cmdline, log, mounts, partitions, syscalls
 from wrtcore import mtd as mtdio
 from wrtcore.errors import InvalidInput, UpgradeError
@@ -82,10 +82,14 @@ def validating(ctx: Context) -> None:
         if profile.kind is Kind.NAND:
             for line in nand.prepare(ctx.image, profile).plan.describe():  # refused here if it cannot fit
                 log.get().info("plan", step=line)
-    if swu_local.is_bundle_file(ctx.image):  # sysupgrade bundle.swu: checked again, must fit (swu_step)
+    if is_bundle_file(ctx.image):  # sysupgrade bundle.swu: checked again, must fit (swu_step)
         if profile.writer is not Writer.BLOCK:
             raise InvalidInput(".swu bundles are installed by sysupgrade on block-device platforms only",
                                hint="nothing was written")
+        # here, not at the top: the swu stack (signatures: cryptography) costs PID 1 about 15 MiB, which
+        # a firmware image does not need
+        from stage2 import swu_step
+
         ctx.data["swu"] = swu_step.prepare(ctx.image, target.disk)
     plan = plan_upgrade(
         image=ctx.image, image_size=size, target=target,
@@ -142,7 +146,7 @@ def terminating(ctx: Context) -> None:
 
 def preparing_ramfs(ctx: Context) -> None:
     plan: Plan = ctx.data["plan"]
-    image = ramfs.build(plan.prefix, extra_modules=(swu_step.MODULE,) if "swu" in ctx.data else ())
+    image = ramfs.build(plan.prefix, extra_modules=(ramfs.SWU_STEP,) if "swu" in ctx.data else ())
     ctx.report.ramfs_bytes = image.bytes
     ctx.data["ramfs"] = image
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from wrtcore import log, run, syscalls, watchdog
 from wrtcore.errors import UpgradeError
 
+SWU_STEP = "stage2.swu_step"  # a .swu bundle's step: imported, and measured in, for a bundle only
+
 ENTRY_MODULE = "stage2.afterpivot"
 
 _PROBE = r"""

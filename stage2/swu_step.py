@@ -35,7 +35,6 @@ from swu.model import InstallPlan, Section, SwuError, Target
 from wrtcore import blockdev, log
 from wrtcore.errors import InvalidInput, UpgradeError
 
-MODULE = __name__
 SW_VERSIONS_AFTER_PIVOT = "/tmp/sw-versions"
 Progress = Callable[[int, "int | None"], None]
 

@@ -436,6 +436,17 @@ def open_bundle(stream: BinaryIO) -> Bundle:
 
 
 
+def is_bundle_file(path: str) -> bool:
+    """Does ``path`` start like a ``.swu`` (False when it cannot be read: the image checks say why).
+    Light to import: stage2 asks it in PID 1 for every image, and loads the rest of ``swu`` (signatures:
+    ``cryptography``) only for a bundle."""
+    try:
+        with open(path, "rb") as f:
+            return is_bundle(f.read(HEADER_SIZE + 16))
+    except OSError:
+        return False
+
+
 def is_bundle(head: bytes) -> bool:
     """Do these first bytes of a file start a ``.swu``: a newc/crc cpio header whose member is
     ``sw-description`` (needs the first 110 + 15 bytes)?"""

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swu import check, signature
-from swu.cpio import HEADER_SIZE, is_bundle
 from swu.hwcompat import read_hwrevision
 from swu.model import Target
 from swu.versions import read_sw_versions
@@ -19,20 +18,10 @@ from swu.versions import read_sw_versions
 CERTIFICATE = "/etc/swupdate/public.pem"
 HWREVISION = "/etc/hwrevision"
 SW_VERSIONS = "/etc/sw-versions"
-HEAD = HEADER_SIZE + 16
 
 
 def rooted(path: str, root: str) -> Path:
     return Path(os.path.join(root, path.lstrip("/")))
-
-
-def is_bundle_file(path: str) -> bool:
-    """Does ``path`` start like a ``.swu`` (False when it cannot be read: the image checks say why)."""
-    try:
-        with open(path, "rb") as f:
-            return is_bundle(f.read(HEAD))
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ from typing import Any
 
 from stage2.formats import fwtool
 from swu import local as swu_local
+from swu.cpio import is_bundle_file
 from swu.model import SwuError
 from sysupgrade import paths, platform_flash, platform_x86, usign
 
@@ -404,7 +405,7 @@ def validate_image(image: str, *, env: Mapping[str, str] | None = None, root: st
         verdict.broken()
         return verdict
 
-    if swu_local.is_bundle_file(ctx.image):
+    if is_bundle_file(ctx.image):
         return validate_bundle(ctx, verdict)
     verdict.record(TEST_SIGNATURE, check_signature(ctx))
     verdict.record(TEST_DEVICE_MATCH, check_image(ctx))

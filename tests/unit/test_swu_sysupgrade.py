@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stage2 import ramfs
-from stage2.swu_step import MODULE, BundlePlan, stage2_refusals
+from stage2.swu_step import BundlePlan, stage2_refusals
 from swu.cpio import is_bundle
 from swu.description import build_plan
 from swu.model import Target
@@ -121,7 +121,7 @@ def test_bundle_plan_survives_the_handoff() -> None:
 def test_ramfs_measures_the_installer_only_when_asked() -> None:
     sys_path = [p for p in sys.path if p and Path(p).is_dir()]
     plain = ramfs.needed_files(sys.executable, sys_path)
-    with_swu = ramfs.needed_files(sys.executable, sys_path, (MODULE,))
+    with_swu = ramfs.needed_files(sys.executable, sys_path, (ramfs.SWU_STEP,))
     assert not any(f.endswith("swu/install.py") for f in plain)
     assert any(f.endswith("swu/install.py") for f in with_swu)
     assert any(f.endswith("stage2/swu_step.py") for f in with_swu)
