@@ -65,7 +65,7 @@ def _payload() -> tuple[dict[str, bytes], dict[str, bytes]]:
         f'sha256 = "{_sha(ubi_image)}"; }} );')
     bad = os.urandom(3 * NOR_ERASE)
     corrupt = _desc(f'images = ( {{ filename = "bad.bin"; type = "flash"; mtdname = "{NOR_LABEL}"; '
-                    f'sha256 = "{_sha(bad[:-1] + b"!")}"; }} );')
+                    f'sha256 = "{_sha(bad[:-1] + bytes([bad[-1] ^ 0xFF]))}"; }} );')  # last byte differs
     bundles = {"flash.swu": _bundle(flash, [("boot.bin", looks_gzip), ("data.gz", packed)]),
                "ubi.swu": _bundle(ubi, [("rootfs.img", ubi_image)]),
                "bad.swu": _bundle(corrupt, [("bad.bin", bad)])}
