@@ -31,7 +31,6 @@ from stage2.platforms.profile import Profile
 from stage2.report import (
     REPORT_NAME,
     Report,
-    image_version,
     report_dict,
     report_file,
     save_in_jffs2,
@@ -95,16 +94,10 @@ def _through_mount(report: Report, mount: Mount) -> bool:
     return True
 
 
-def _finish(report: Report) -> None:
-    report.finished_at = time.time()
-    if not report.to_version and report.image:
-        report.to_version = image_version(report.image)
-
-
 def save_nor(report: Report, firmware: str, jffs2_at: int | None) -> bool:
     """NOR after the pivot (``firmware``: the MTD written; ``jffs2_at``: where ``mtd -j`` put the config,
     None when it did not). False when the report was not saved (logged)."""
-    _finish(report)
+    report.finished_at = time.time()  # to_version: filled by report_dict on every path below
     part = next((p for p in mtdio.partitions() if p.name == DATA), None)
     mount = jffs2_mount(read_mountinfo(), part.index) if part is not None else None
     place = nor_place(report.written, jffs2_at, mount)
@@ -130,7 +123,7 @@ def save_nor(report: Report, firmware: str, jffs2_at: int | None) -> bool:
 def save_ubi(report: Report, profile: Profile, ubi_number: int | None) -> bool:
     """NAND after the pivot: the report into ``rootfs_data`` of the UBI device ``ubi_number`` (found on
     the profile's UBI partition when None). False when it was not saved (logged)."""
-    _finish(report)
+    report.finished_at = time.time()  # to_version: filled by report_dict on every path below
     try:
         if ubi_number is None:
             found = {p.name: p.index for p in mtdio.partitions()}
