@@ -32,16 +32,59 @@ def _json_sink(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Mu
     fds = [*_sinks, *([_journal_fd] if _journal_fd is not None else [])]
     if not fds:
         return event
-    import json  # here: a command that logs only to its console (mtd) never loads it
-
     record = {"ts": round(time.time(), 6), "component": _component, "level": method, **event}
-    line = (json.dumps(record, default=str, sort_keys=False) + "\n").encode()
+    body = _plain_json(record)
+    if body is None:  # a string to escape, a float that is not finite, a key that is not a string
+        import json  # here: most records never need it (see _plain_json)
+
+        body = json.dumps(record, default=str)
+    line = (body + "\n").encode()
     for fd in fds:
         try:  # noqa: SIM105 - no contextlib: the light commands' start-up
             os.write(fd, line)
         except OSError:
             pass
     return event
+
+
+def _plain_json(value: Any) -> str | None:
+    """``json.dumps(value, default=str)`` when it needs no escape, else None.
+
+    The records of a light command (``mtd``) are plain ASCII words and numbers; ``import json`` loads
+    ``re``, ``enum`` and ``functools`` (a tenth of that command's start-up under emulation). Anything
+    json would escape or convert (control characters, quotes, non-ASCII, NaN, non-string keys) returns
+    None and goes through ``json.dumps``; ``tests/unit/test_log.py`` checks both give the same text."""
+    if isinstance(value, str):
+        plain = value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+        return '"' + value + '"' if plain else None  # concatenation: a str subclass's own text, as json
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value) if value - value == 0 else None  # inf - inf, nan - nan: nan
+    if isinstance(value, (list, tuple)):
+        items = []
+        for v in value:
+            text = _plain_json(v)
+            if text is None:
+                return None
+            items.append(text)
+        return "[" + ", ".join(items) + "]"
+    if isinstance(value, dict):
+        pairs = []
+        for k, v in value.items():
+            key = _plain_json(k) if isinstance(k, str) else None  # json converts other keys: its call
+            text = _plain_json(v)
+            if key is None or text is None:
+                return None
+            pairs.append(f"{key}: {text}")
+        return "{" + ", ".join(pairs) + "}"
+    return _plain_json(str(value))
 
 
 def _console(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:

@@ -55,14 +55,14 @@ class Device:
         self.boots: list[VM] = []
 
     def boot(self, *, blkdebug: Path | None = None, stop_on_error: bool = False,
-             cmdline_extra: str = "") -> VM:
+             cmdline_extra: str = "", memory: str = "512M") -> VM:
         """Start QEMU on the disk (the transfer disk as /dev/vdb). ``blkdebug``: a rules file for QEMU's
         blkdebug driver on the disk (``wrtvm.machine.blkdebug_rules``); ``stop_on_error``: an error
-        stops the VM (QMP event STOP) instead of reaching the guest."""
+        stops the VM (QMP event STOP) instead of reaching the guest; ``memory``: QEMU's ``-m``."""
         extra = (self.transfer_file,) if self.transfer_file else ()
         vm = VM(kernel=self.assets.kernel.vmlinux, initrd=self.assets.initrd, disk=self.disk_file,
                 workdir=self.workdir, name=f"boot{len(self.boots) + 1}", extra_disks=extra,
-                blkdebug=blkdebug, stop_on_error=stop_on_error, cmdline_extra=cmdline_extra)
+                blkdebug=blkdebug, stop_on_error=stop_on_error, cmdline_extra=cmdline_extra, memory=memory)
         self.boots.append(vm)
         return vm
 

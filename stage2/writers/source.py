@@ -18,12 +18,12 @@ Runs after the pivot in a minimal ramfs: standard library and ``wrtcore`` only.
 from __future__ import annotations
 
 import os
-import zlib
 
 from wrtcore import log
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up: wrtcore.light_tuple)
 if TYPE_CHECKING:  # annotations only: the mtd command's start-up (see wrtcore.light_tuple)
+    import zlib
     from collections.abc import Callable
     from typing import BinaryIO
 
@@ -46,7 +46,11 @@ class Stream:
         self.trailing = False  # non-gzip data followed the last gzip member (ignored)
         self._pending = self._read(2 if limit is None else min(2, limit)) if decompress else b""
         self.compressed = self._pending == GZIP_MAGIC
-        self._inflate = zlib.decompressobj(31) if self.compressed else None
+        self._inflate: zlib._Decompress | None = None
+        if self.compressed:
+            import zlib  # here: a plain image (most of them) never loads it (the mtd command's start-up)
+
+            self._inflate = zlib.decompressobj(31)
 
     def _read(self, size: int) -> bytes:
         try:
@@ -84,6 +88,8 @@ class Stream:
         return pos
 
     def _fill_gzip(self, view: memoryview, want: int) -> int:
+        import zlib  # loaded by __init__ for a compressed stream
+
         pos = 0
         while pos < want and self._inflate is not None:
             inflate = self._inflate
@@ -113,6 +119,8 @@ class Stream:
                 break
             rest += more
         if rest.startswith(GZIP_MAGIC):
+            import zlib
+
             self._inflate = zlib.decompressobj(31)
             self._pending = rest
             return
