@@ -37,6 +37,7 @@ class State:
     failsafe: trigger.Trigger | None = None
     shells: object | None = None
     network: dict[str, object] | None = None
+    ssh: dict[str, object] | None = None  # failsafe's dropbear: its port and host keys
     handover: str | None = None
     overlay: str | None = None
     archive: str | None = None
@@ -140,6 +141,12 @@ def hook_failsafe_shell(state: State) -> None:
     state.shells = shells.Shells(state.consoles).start()
 
 
+def hook_failsafe_dropbear(state: State) -> None:
+    from preinit import failsafe_ssh
+
+    state.ssh = failsafe_ssh.start()
+
+
 MAIN: tuple[tuple[str, Hook], ...] = (
     ("02_sysinfo", hook_sysinfo),
     ("10_indicate_preinit", hook_indicate_preinit),
@@ -157,6 +164,7 @@ FAILSAFE: tuple[tuple[str, Hook], ...] = (
     ("indicate_failsafe", hook_indicate_failsafe),
     ("failsafe_network", hook_failsafe_network),
     ("failsafe_shell", hook_failsafe_shell),
+    ("failsafe_dropbear", hook_failsafe_dropbear),
 )
 
 

@@ -2,9 +2,10 @@
 
 The tree holds the interpreter that runs this code (its stdlib without tests and GUI modules), the
 shared libraries it and its extension modules need (found with ldd), the runtime dependencies from
-this environment, our packages, busybox for a shell, mke2fs for the overlay, OpenWrt's paths from
-``rootfs-overlay/``, and the demo device's services. Paths are kept as they are on the build host
-(pyenv's interpreter has an absolute RUNPATH), with ``/usr/bin/python3`` pointing at it.
+this environment, our packages, busybox for a shell, mke2fs for the overlay, dropbear for failsafe's
+ssh, OpenWrt's paths from ``rootfs-overlay/``, and the demo device's services. Paths are kept as they
+are on the build host (pyenv's interpreter has an absolute RUNPATH), with ``/usr/bin/python3`` pointing
+at it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from preinit import failsafe_ssh
 from stage2 import ramfs
 from wrtcore import run
 
@@ -108,6 +110,7 @@ def build_base(root: Path) -> None:
     for tool in ("/sbin/mke2fs", "/sbin/losetup"):
         if os.path.exists(tool):
             _copy_file(tool, root)
+    add_tools(root, (failsafe_ssh.DROPBEAR, failsafe_ssh.DROPBEARKEY))  # Debian's dropbear-bin
     (root / "sbin").mkdir(exist_ok=True)
     if not os.path.lexists(root / "sbin/mkfs.ext4"):
         os.symlink("mke2fs", root / "sbin/mkfs.ext4")

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(squashfs-tools busybox-static e2fsprogs util-linux fdisk shellcheck signify-openbsd openssl qemu-system-x86 kmod
-          mtd-utils swupdate libubootenv-tool cpio)
+          mtd-utils swupdate libubootenv-tool cpio dropbear-bin)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

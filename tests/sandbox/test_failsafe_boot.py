@@ -5,6 +5,7 @@ end in a namespace of the test's own (a PC on the LAN); both go away with the te
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import pexpect
 import pytest
 from pyroute2 import NetNS, netns
 
@@ -107,3 +110,66 @@ def test_without_a_trigger_the_wait_ends_and_the_boot_goes_on(device: Device) ->
     assert boot1.path("/overlay/upper").exists()
     assert "- failsafe -" not in boot1.console
     assert not any(r.get("event") == "failsafe requested" for r in boot1.records)
+
+
+def ssh(pc: str, home: str, command: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``command`` on the device through its failsafe dropbear, from the PC (Debian's dbclient: no host
+    key check, no key of its own, so the login is the blank password's ``none`` method)."""
+    return subprocess.run(["ip", "netns", "exec", pc, "dbclient", "-y", "-y", "root@192.168.1.1", command],
+                          input=data if data is not None else b"", capture_output=True, timeout=120,
+                          check=False, env={"HOME": home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def wait_listening(pc: str, port: int = 22, timeout: float = 30.0) -> None:
+    """dropbear forks before it listens: the PC tries until the port answers (a refused connect is the
+    only news of a server that is not there yet)."""
+    code = ("import socket, sys, time\n"
+            f"end = time.monotonic() + {timeout}\n"
+            "while True:\n"
+            f"    try: socket.create_connection(('192.168.1.1', {port}), timeout=5).close(); break\n"
+            "    except ConnectionRefusedError:\n"
+            "        if time.monotonic() > end: sys.exit('refused')\n"
+            "        time.sleep(0.05)\n")
+    subprocess.run(["ip", "netns", "exec", pc, sys.executable, "-c", code], check=True, timeout=timeout + 10)
+
+
+def test_failsafe_over_ssh_only_the_lan_port_an_image_copied_in_and_an_upgrade(
+        device: Device, images: Images, pc: str, tmp_path: Path) -> None:
+    """A router without a serial console: failsafe by the button, then everything through ssh."""
+    boot1 = device.boot(LONG_WAIT)
+    boot1.wait_console("Press the [f] key and hit [enter] to enter failsafe mode")
+    plug_lan(boot1, pc)
+    boot1.path("/tmp/failsafe_button").write_text("reset\n")
+    started = boot1.wait_event("failsafe ssh", timeout=60)
+    assert started["port"] == 22 and started["keys"] == ["/tmp/dropbear_failsafe_ed25519_host_key",
+                                                         "/tmp/dropbear_failsafe_ecdsa_host_key"]
+    wait_listening(pc)
+
+    who = ssh(pc, str(tmp_path),
+              "hostname; id -u; echo FAILSAFE=$FAILSAFE; sh -l -c 'echo FAILSAFE=$FAILSAFE'")
+    assert who.returncode == 0, who.stderr
+    # the login shell's /etc/profile sets FAILSAFE (the session's own environment does not have it)
+    assert who.stdout.decode().split() == ["OpenWrt-failsafe", "0", "FAILSAFE=", "FAILSAFE=1"]
+
+    # an interactive login: dbclient on a terminal of its own asks for one on the device
+    login = pexpect.spawn("ip", ["netns", "exec", pc, "dbclient", "-y", "-y", "root@192.168.1.1"],
+                          env={"HOME": str(tmp_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                               "TERM": "dumb"}, timeout=60)
+    try:
+        login.sendline("echo T=$(tty) F=$FAILSAFE; exit")
+        login.expect(r"T=(/dev/pts/\d+) F=1")
+        login.expect(pexpect.EOF)
+    finally:
+        login.close(force=True)
+
+    image = images.v2.read_bytes()
+    copied = ssh(pc, str(tmp_path), "cat > /tmp/sysupgrade.img && md5sum /tmp/sysupgrade.img", image)
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout.split()[0].decode() == hashlib.md5(image).hexdigest()
+
+    upgrade = ssh(pc, str(tmp_path), "sh -l -c 'sysupgrade /tmp/sysupgrade.img'")
+    # stage2 ends every process, this session too: the exit status may be the session's end
+    assert boot1.wait_end() == {"ended": "signal", "signal": "SIGHUP"}, upgrade.stderr
+    boot2 = device.boot()
+    boot2.wait_ready()
+    assert boot2.path("/etc/openwrt_version").read_text().strip() == "2.0"

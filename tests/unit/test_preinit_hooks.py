@@ -21,7 +21,8 @@ def test_main_is_in_openwrts_order_and_glob_order() -> None:
                      "50_indicate_regular_preinit", "80_mount_root", "90_last_upgrade_report"]
     assert names == sorted(names)  # /lib/preinit/* sourced in glob order
     assert [n for n, _ in boot.MOUNT_ROOT] == ["79_move_config", "80_config_restore"]
-    assert [n for n, _ in boot.FAILSAFE] == ["indicate_failsafe", "failsafe_network", "failsafe_shell"]
+    assert [n for n, _ in boot.FAILSAFE] == ["indicate_failsafe", "failsafe_network", "failsafe_shell",
+                                             "failsafe_dropbear"]
 
 
 def test_each_hook_runs_once_even_when_lists_share_it() -> None:
