@@ -2,7 +2,7 @@
 reached in failsafe only this way, at the preinit address, as root with the firmware's empty password.
 
 Host keys are made at each failsafe entry in /tmp (the root is read-only squashfs and the overlay is
-not mounted): ed25519 and ecdsa, as OpenWrt's names them; RSA is left out (seconds of key generation on
+not mounted): ed25519 and ecdsa, named as OpenWrt names them; RSA is left out (seconds of key generation on
 a router's CPU, and every current client takes ed25519). Debian's dropbear needs ``-B`` for the blank
 password that OpenWrt's own build allows by a patch. The server forks into the background: it is
 neither preinit's child nor stopped by it; stage2 ends it with every other process.
