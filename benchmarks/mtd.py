@@ -22,7 +22,7 @@ process). The guest runs under TCG on a host shared with other jobs, so single f
 size's summary gives the median and the best of each, and the median of the per-round ratios ours /
 theirs in MiB/s (target: at least 0.9). With two sizes or more, the throughput from the smallest to the
 largest (the extra bytes over the extra median seconds) separates each command's rate from its fixed
-cost (Python's start-up: a tenth of a second under TCG, against milliseconds for C), which is printed
+cost (Python's start-up: 0.2-0.3 s under TCG, against milliseconds for C), which is printed
 too. The VM is killed on any exit.
 """
 
