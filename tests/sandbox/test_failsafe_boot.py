@@ -121,7 +121,7 @@ def ssh(pc: str, home: str, command: str, data: bytes | None = None) -> subproce
 
 
 def wait_listening(pc: str, port: int = 22, timeout: float = 30.0) -> None:
-    """dropbear forks before it listens: the PC tries until the port answers (a refused connect is the
+    """dropbear may listen only after it forks: the PC tries until the port answers (a refused connect is the
     only news of a server that is not there yet)."""
     code = ("import socket, sys, time\n"
             f"end = time.monotonic() + {timeout}\n"
