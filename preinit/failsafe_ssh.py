@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Sequence
 
 from wrtcore import log
+from wrtcore.run import describe_status
 
 DROPBEAR = "/usr/sbin/dropbear"
 DROPBEARKEY = "/usr/bin/dropbearkey"
@@ -35,7 +36,8 @@ def server_argv(keys: Sequence[str], port: int = PORT, binary: str = DROPBEAR,
 
 
 def _run(argv: list[str]) -> str | None:
-    """None when ``argv`` succeeded, else why not (one line)."""
+    """None when ``argv`` succeeded, else why not (one line). Not ``wrtcore.run.run``: that has no time
+    bound, and a key made early in a boot may wait on the kernel's entropy; preinit must go on."""
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, timeout=TIMEOUT, check=False)
@@ -43,7 +45,7 @@ def _run(argv: list[str]) -> str | None:
         return str(exc)
     if done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"exit status {done.returncode}"
+        return lines[-1] if lines else describe_status(done.returncode)
     return None
 
 
